@@ -1,0 +1,108 @@
+"""The common inference interface every backend implements.
+
+A backend owns one loaded policy and runs its two stages on numpy arrays:
+
+* ``encode(image, text_ids)``: uint8 (H, W, 3) image already resized to the model's input size and in
+  its channel order, int64 (L,) prompt ids -> float32 (D,) frame feature;
+* ``decode(features)``: float32 (T, D) window of features, oldest first -> float32
+  (chunk, action_dim) normalized actions in [-1, 1].
+
+``infer`` is both in one call. History, command handling and post-processing live in
+`core.runtime.PolicyRuntime`, shared by all backends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot start: missing runtime, device, provider or model file."""
+
+
+@dataclass
+class BackendInfo:
+    """What a backend actually runs on, as reported after `load` (never what was asked for)."""
+
+    name: str
+    device: str
+    precision: str
+    provider: str = ""
+    model: str = ""
+    warnings: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def as_values(self) -> dict:
+        """Flat string values for diagnostics and benchmark tables."""
+        values = {"backend": self.name, "device": self.device, "precision": self.precision,
+                  "provider": self.provider or self.name, "model": self.model}
+        values.update({k: str(v) for k, v in self.extra.items()})
+        if self.warnings:
+            values["backend_warnings"] = "; ".join(self.warnings)
+        return values
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static facts about the loaded model the runtime needs (sizes, prompt, normalization)."""
+
+    preset: str
+    image_size: int
+    feature_dim: int
+    window_size: int
+    chunk: int
+    action_dim: int
+    max_linear: float
+    chunk_step_period_s: float
+
+
+class InferenceBackend(ABC):
+    """Load once, warm up, then `infer` per frame; `close` releases device memory."""
+
+    name = "base"
+
+    def __init__(self, config):
+        self.config = config
+        self.info: BackendInfo | None = None
+        self.spec: ModelSpec | None = None
+        self.tokenizer = None  # PromptTokenizer, set by load()
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; fill ``self.info``, ``self.spec`` and ``self.tokenizer``."""
+
+    @abstractmethod
+    def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) + int64 (L,) -> float32 (D,)."""
+
+    @abstractmethod
+    def decode(self, features: np.ndarray) -> np.ndarray:
+        """float32 (T, D) -> float32 (chunk, action_dim)."""
+
+    def infer(self, image: np.ndarray, text_ids: np.ndarray,
+              history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Encode a frame and decode it after ``history`` (T-1, D); return (feature, actions)."""
+        feature = self.encode(image, text_ids)
+        window = np.concatenate([history, feature[None]], axis=0) if len(history) else feature[None]
+        return feature, self.decode(window)
+
+    def warmup(self, iters: int = 3) -> None:
+        """Run the full step on dummy inputs (allocations, kernel selection, lazy init)."""
+        size = self.spec.image_size
+        image = np.zeros((size, size, 3), np.uint8)
+        ids = self.tokenizer.encode("warm up")
+        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
+        for _ in range(iters):
+            self.infer(image, ids, history)
+
+    def close(self) -> None:
+        """Release resources; the backend is unusable afterwards."""
+
+    def describe(self) -> BackendInfo:
+        """The device / precision / provider actually in use."""
+        if self.info is None:
+            raise BackendError(f"backend {self.name!r} is not loaded")
+        return self.info

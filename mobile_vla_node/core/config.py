@@ -1,0 +1,263 @@
+"""Node configuration as validated dataclasses, built once from flat ROS parameters.
+
+Every ROS parameter is a field of one section below. Its metadata carries the description, the
+allowed range and whether it is live-tunable (``live``); `node.py` turns these into
+``ParameterDescriptor``s, so this file is the single table of parameters. Errors name the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+BACKENDS = ("torch", "onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TWIST_AXES = ("linear_x", "linear_y", "angular_z")
+
+
+def param(default, doc: str, lo=None, hi=None, live: bool = False, choices=None):
+    """A dataclass field that is also a ROS parameter."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "live": live, "choices": choices}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class ConfigError(ValueError):
+    """A parameter value that is out of range or of the wrong kind."""
+
+
+def _check_fields(section) -> None:
+    """Range/choice checks from field metadata; the message names parameter and value."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        meta = f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"parameter {f.name}={value!r} is not one of {list(meta['choices'])}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"parameter {f.name}={value!r} must be finite")
+            if meta.get("lo") is not None and value < meta["lo"]:
+                raise ConfigError(f"parameter {f.name}={value!r} is below {meta['lo']}")
+            if meta.get("hi") is not None and value > meta["hi"]:
+                raise ConfigError(f"parameter {f.name}={value!r} is above {meta['hi']}")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which backend runs which model where (read-only at run time)."""
+
+    backend: str = param("torch", "inference backend", choices=BACKENDS)
+    model_preset: str = param("tiny", "policy preset (tiny, small, mobile-vla-kosmos2, ...)")
+    model_path: str = param("", "checkpoint/folder (torch), .onnx (onnx) or .engine (tensorrt); "
+                                "empty: the preset's shipped or random weights")
+    backbone_path: str = param("", "local Kosmos-2 folder (weights + tokenizer); never a hub id")
+    device: str = param("cpu", "cpu, cuda or cuda:N")
+    precision: str = param("fp32", "torch weight precision", choices=PRECISIONS)
+    strict_loading: bool = param(True, "fail on missing/unexpected checkpoint keys")
+    allow_unsafe_pickle: bool = param(False, "allow full pickle loading of checkpoints (can run "
+                                             "code)")
+    warmup_iters: int = param(3, "inference runs before the node reports ready", 0, 1000)
+    torch_compile: bool = param(False, "torch.compile the encoder (measure first)")
+    providers: list = param(["CPUExecutionProvider"], "ONNX Runtime providers, in priority order")
+    allow_provider_fallback: bool = param(False, "run on a later provider if the first is "
+                                                 "missing (diagnostics then WARN)")
+    graph_optimization_level: str = param("all", "ONNX Runtime graph optimization",
+                                          choices=("disable", "basic", "extended", "all"))
+    intra_op_threads: int = param(0, "ONNX Runtime intra-op threads (0: runtime default)", 0, 256)
+    engine_rebuild: str = param("never", "rebuild a mismatched TensorRT engine", choices=("never",
+                                                                                          "auto"))
+    cuda_graph: bool = param(False, "capture the TensorRT step in a CUDA graph")
+
+    def __post_init__(self):
+        _check_fields(self)
+        if not (self.device == "cpu" or self.device == "cuda" or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ConfigError(f"parameter device={self.device!r} must be cpu, cuda or cuda:N")
+        if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
+            raise ConfigError(f"parameter providers={self.providers!r} must list provider names")
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Topic names (all remappable too) and image transport."""
+
+    image_topic: str = param("/camera/image_raw", "sensor_msgs/Image topic")
+    compressed_image_topic: str = param("/camera/image_raw/compressed",
+                                        "sensor_msgs/CompressedImage topic")
+    image_transport: str = param("raw", "raw or compressed", choices=("raw", "compressed"))
+    command_topic: str = param("/vla/command", "std_msgs/String instruction topic")
+    cmd_vel_topic: str = param("/cmd_vel", "geometry_msgs/Twist output topic")
+    enable_topic: str = param("/vla/enable", "std_msgs/Bool enable (false = e-stop)")
+    timing_topic: str = param("~/step_timing", "std_msgs/Float64MultiArray per-step timings")
+
+    def __post_init__(self):
+        _check_fields(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_topic") and (not value or " " in value):
+                raise ConfigError(f"parameter {f.name}={value!r} is not a topic name")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Control timer, staleness and chunk playback."""
+
+    control_rate_hz: float = param(20.0, "Twist publish rate", 1.0, 1000.0)
+    image_timeout_s: float = param(0.5, "zero if the newest image is older", 0.01, 60.0,
+                                   live=True)
+    action_timeout_s: float = param(1.0, "zero if the newest action step is older", 0.01, 60.0,
+                                    live=True)
+    chunk_step_period_s: float = param(0.0, "seconds per action of a chunk (0: model config)",
+                                       0.0, 10.0)
+    chunk_blend_steps: int = param(0, "steps over which a new chunk blends into the old", 0, 100)
+    start_enabled: bool = param(True, "publish motion at start (false: wait for enable)")
+    max_command_chars: int = param(512, "longer commands are rejected", 1, 100000)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """Post-processing from normalized actions to velocities."""
+
+    channel_order: str = param("rgb", "channel order the model was trained on",
+                               choices=("rgb", "bgr"))
+    max_linear: float = param(0.0, "normalized action x this = m/s (0: model config)", 0.0, 10.0)
+    max_angular: float = param(1.0, "normalized angular action x this = rad/s", 0.0, 20.0)
+    action_gain: float = param(1.0, "extra gain on all axes", 0.0, 10.0, live=True)
+    action_sign: list = param([1.0, 1.0, 1.0], "per-axis sign (x, y, yaw): 1 or -1")
+    deadzone: float = param(0.0, "|velocity| below this (after scaling) becomes 0", 0.0, 5.0,
+                            live=True)
+    action_axes: list = param([], "twist axis of each action dim (empty: x, y[, yaw])")
+
+    def __post_init__(self):
+        _check_fields(self)
+        if len(self.action_sign) != 3 or any(s not in (1.0, -1.0) for s in self.action_sign):
+            raise ConfigError(f"parameter action_sign={self.action_sign!r} must be 3 values "
+                              "of 1 or -1")
+        bad = [a for a in self.action_axes if a not in TWIST_AXES]
+        if bad or len(set(self.action_axes)) != len(self.action_axes):
+            raise ConfigError(f"parameter action_axes={self.action_axes!r} must be distinct "
+                              f"names from {list(TWIST_AXES)}")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Per-axis velocity and acceleration limits (0 acceleration = unlimited)."""
+
+    max_linear_x: float = param(0.5, "|linear.x| limit, m/s", 0.0, 10.0, live=True)
+    max_linear_y: float = param(0.5, "|linear.y| limit, m/s", 0.0, 10.0, live=True)
+    max_angular_z: float = param(1.0, "|angular.z| limit, rad/s", 0.0, 20.0, live=True)
+    max_accel_x: float = param(1.0, "linear.x acceleration limit, m/s^2 (0: none)", 0.0, 100.0,
+                               live=True)
+    max_accel_y: float = param(1.0, "linear.y acceleration limit, m/s^2 (0: none)", 0.0, 100.0,
+                               live=True)
+    max_accel_z: float = param(2.0, "angular.z acceleration limit, rad/s^2 (0: none)", 0.0,
+                               200.0, live=True)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Diagnostics period, statistics window and level thresholds."""
+
+    diagnostics_period_s: float = param(1.0, "DiagnosticArray period", 0.05, 60.0)
+    latency_window: int = param(200, "samples per latency statistic", 10, 100000)
+    hardware_id: str = param("", "DiagnosticStatus.hardware_id (empty: backend device)")
+    inference_warn_ms: float = param(100.0, "inference p99 above this: WARN", 0.0, 1e6,
+                                     live=True)
+    inference_error_ms: float = param(500.0, "inference p99 above this: ERROR", 0.0, 1e6,
+                                      live=True)
+    jitter_warn_ms: float = param(5.0, "control jitter p99 above this: WARN", 0.0, 1e6, live=True)
+    input_rate_warn_hz: float = param(1.0, "image rate below this: WARN", 0.0, 1e6, live=True)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.inference_error_ms < self.inference_warn_ms:
+            raise ConfigError(f"parameter inference_error_ms={self.inference_error_ms} is below "
+                              f"inference_warn_ms={self.inference_warn_ms}")
+
+
+SECTIONS = {"backend": BackendConfig, "topics": TopicConfig, "control": ControlConfig,
+            "action": ActionConfig, "safety": SafetyConfig, "diagnostics": DiagnosticsConfig}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """All sections; build with `from_params`."""
+
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+    @classmethod
+    def from_params(cls, params: dict) -> NodeConfig:
+        """Build from flat ``{parameter: value}``; unknown names are an error."""
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise ConfigError(f"unknown parameters {unknown}")
+        sections = {}
+        for key, section in SECTIONS.items():
+            names = {f.name for f in fields(section)}
+            sections[key] = section(**{k: _coerce(k, v) for k, v in params.items()
+                                       if k in names})
+        return cls(**sections)
+
+    def with_params(self, params: dict) -> NodeConfig:
+        """A copy with some parameters changed (validated like `from_params`)."""
+        current = self.to_params()
+        current.update(params)
+        return NodeConfig.from_params(current)
+
+    def to_params(self) -> dict:
+        """Flat ``{parameter: value}``."""
+        out = {}
+        for key in SECTIONS:
+            section = getattr(self, key)
+            out.update({f.name: getattr(section, f.name) for f in fields(section)})
+        return out
+
+    def replace_section(self, key: str, **changes) -> NodeConfig:
+        """Copy with one section's fields changed."""
+        return replace(self, **{key: replace(getattr(self, key), **changes)})
+
+
+def _coerce(name: str, value):
+    """Check a value's kind against the parameter's default; ROS gives ints for floats like 1."""
+    proto = PARAMETERS[name]["default"]
+    if isinstance(proto, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(proto, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(proto, int) and not isinstance(value, int):
+            ok = False
+    elif isinstance(proto, list):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"parameter {name}={value!r} must be of the same kind as {proto!r}")
+    if isinstance(proto, float):
+        return float(value)
+    if isinstance(proto, list):
+        return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
+
+
+def _parameter_table() -> dict:
+    table = {}
+    for section in SECTIONS.values():
+        for f in fields(section):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            table[f.name] = dict(f.metadata, default=default)
+    return table
+
+
+PARAMETERS = _parameter_table()

@@ -1,0 +1,87 @@
+"""Image decoding and model-input preparation, independent of ROS message classes.
+
+Raw ``sensor_msgs/Image`` fields or ``CompressedImage`` bytes -> RGB uint8 (H, W, 3) -> resized to
+the model's input with PIL bicubic (what Kosmos-2's CLIP image processor uses) -> channel order the
+model was trained with. Normalization to CLIP mean/std is part of the model (it runs on the
+model's device, and exported graphs carry it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_PIXELS = 4096 * 4096
+MAX_COMPRESSED_BYTES = 32 * 1024 * 1024
+# encoding -> bytes per pixel
+RAW_ENCODINGS = {
+    "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
+    "mono16": 2, "16uc1": 2, "yuv422_yuy2": 2, "yuyv": 2, "uyvy": 2, "yuv422": 2,
+}
+
+
+class ImageError(ValueError):
+    """A frame that cannot be decoded (bad size, step, encoding or data)."""
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data,
+               is_bigendian: bool = False) -> np.ndarray:
+    """Decode raw image fields to a contiguous RGB uint8 (H, W, 3) array."""
+    enc = encoding.lower()
+    if enc not in RAW_ENCODINGS:
+        raise ImageError(f"unsupported encoding {encoding!r}; supported: {sorted(RAW_ENCODINGS)}")
+    if height <= 0 or width <= 0 or height * width > MAX_PIXELS:
+        raise ImageError(f"bad image size {width}x{height}")
+    bpp = RAW_ENCODINGS[enc]
+    if step < width * bpp:
+        raise ImageError(f"step {step} < width {width} x {bpp} bytes for {encoding}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size != step * height:
+        raise ImageError(f"data has {buf.size} bytes, expected step {step} x height {height} = "
+                         f"{step * height}")
+    rows = buf.reshape(height, step)[:, : width * bpp]
+    if enc in ("mono16", "16uc1"):
+        pixels = rows.view(">u2" if is_bigendian else "<u2").reshape(height, width)
+        gray = (pixels >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if bpp == 1:
+        return np.repeat(rows.reshape(height, width, 1), 3, axis=2)
+    import cv2
+
+    img = rows.reshape(height, width, bpp)
+    conversions = {
+        "bgr8": cv2.COLOR_BGR2RGB, "8uc3": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB,
+        "bgra8": cv2.COLOR_BGRA2RGB, "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV,
+        "yuyv": cv2.COLOR_YUV2RGB_YUYV, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+        "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    }
+    if enc == "rgb8":
+        return np.ascontiguousarray(img)
+    return cv2.cvtColor(np.ascontiguousarray(img), conversions[enc])
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """Decode ``CompressedImage`` bytes (jpeg/png, any format string naming them) to RGB."""
+    import cv2
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0 or buf.size > MAX_COMPRESSED_BYTES:
+        raise ImageError(f"compressed image of {buf.size} bytes (limit {MAX_COMPRESSED_BYTES})")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageError(f"cannot decode compressed image (format {fmt!r}, {buf.size} bytes)")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageError(f"compressed image too large: {img.shape[1]}x{img.shape[0]}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb") -> np.ndarray:
+    """Resize RGB uint8 to (size, size, 3) with PIL bicubic and apply the model's channel order."""
+    from PIL import Image
+
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+    if channel_order == "bgr":
+        rgb = rgb[:, :, ::-1]
+    return np.ascontiguousarray(rgb)

@@ -1,0 +1,136 @@
+"""The RoboVLMs "Mobile VLA" policy: Kosmos-2 backbone -> LSTM over the window -> tanh MLP head.
+
+The work is split where the runtime splits it:
+
+* `encode_frame` runs once per camera frame: Kosmos-2 over ``<s> <image> [image] </image> prompt
+  [action]`` where ``[action]`` is a learnable embedding; the action slot's last hidden state is the
+  frame's feature. Image normalization (uint8 -> CLIP mean/std) happens here, on the model's device.
+* `decode` runs the LSTM from a given state over a window of cached features and maps the last output
+  to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1].
+
+RoboVLMs' LSTMDecoder, at inference, re-runs the LSTM from a zero state over the last ``window_size``
+features once the window is full (and carries state while it fills, which is the same thing). The
+runtime therefore calls `decode` with zero state over the whole window; ``h0``/``c0`` are explicit
+inputs so exported graphs do not bake a state in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class MLPTanhHead(nn.Module):
+    """RoboVLMs' MLPTanhHead: ReLU MLP with a tanh output in [-1, 1]."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers += [nn.Linear(width, out_features), nn.Tanh()]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map features to tanh-bounded outputs."""
+        return self.mlp(x)
+
+
+class LSTMActionHead(nn.Module):
+    """LSTM over frame features, then the tanh MLP giving a chunk of actions."""
+
+    def __init__(self, in_features: int, hidden_size: int, num_layers: int, chunk: int,
+                 action_dim: int, mlp_hidden: tuple[int, ...]):
+        super().__init__()
+        self.chunk = chunk
+        self.action_dim = action_dim
+        self.rnn = nn.LSTM(in_features, hidden_size, num_layers=num_layers, batch_first=True)
+        self.actions = MLPTanhHead(hidden_size, mlp_hidden, chunk * action_dim)
+
+    def forward(self, features: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+        """features (B, T, D) -> actions (B, chunk, action_dim), hn, cn."""
+        out, (hn, cn) = self.rnn(features, (h0, c0))
+        actions = self.actions(out[:, -1])
+        return actions.view(-1, self.chunk, self.action_dim), hn, cn
+
+
+class MobileVLAPolicy(nn.Module):
+    """Kosmos-2 vision-language backbone with a learnable action token and an LSTM action head."""
+
+    def __init__(self, config, prefix_ids: list[int], image_end_id: int, pad_id: int):
+        from transformers import Kosmos2Config, Kosmos2Model
+
+        super().__init__()
+        self.config = config
+        self.backbone = Kosmos2Model(Kosmos2Config(**config.backbone))
+        dim = self.backbone.config.text_config.embed_dim
+        self.feature_dim = dim
+        self.action_token = nn.Parameter(torch.zeros(dim))
+        self.act_head = LSTMActionHead(dim, config.lstm_hidden, config.lstm_layers,
+                                       config.fwd_pred_next_n, config.action_dim,
+                                       tuple(config.mlp_hidden))
+        # Non-persistent: they come from the tokenizer and config, not from the checkpoint.
+        self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("image_end_ids", torch.tensor([image_end_id], dtype=torch.long),
+                             persistent=False)
+        self.pad_id = int(pad_id)
+        self.register_buffer("pixel_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.image_std).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def normalize_image(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) in the model's channel order -> normalized float (B, 3, H, W)."""
+        x = images.permute(0, 3, 1, 2).to(self.pixel_mean.dtype) / 255.0
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def encode_frame(self, images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) + prompt ids (B, L) -> action-token features (B, D)."""
+        pixels = self.normalize_image(images)
+        image_embeds = self.backbone.get_image_features(pixels).pooler_output
+        text = self.backbone.text_model.model
+        batch = images.shape[0]
+        embed = text.embed_tokens
+        prefix = embed(self.prefix_ids).unsqueeze(0).expand(batch, -1, -1)
+        image_end = embed(self.image_end_ids).unsqueeze(0).expand(batch, -1, -1)
+        action = self.action_token.to(prefix.dtype).view(1, 1, -1).expand(batch, -1, -1)
+        inputs_embeds = torch.cat(
+            [prefix, image_embeds.to(prefix.dtype), image_end, embed(text_ids), action], dim=1
+        )
+        # Padding (only when the training config padded prompts) is masked out of attention.
+        n_fixed = prefix.shape[1] + image_embeds.shape[1] + 1
+        ones = torch.ones(batch, n_fixed, dtype=torch.long, device=text_ids.device)
+        mask = torch.cat([ones, (text_ids != self.pad_id).long(), ones[:, :1]], dim=1)
+        hidden = text(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
+        return hidden[:, -1]
+
+    def decode(self, features: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+        """Window of features (B, T, D) and LSTM state -> actions (B, chunk, dim), hn, cn."""
+        return self.act_head(features.to(self.action_token.dtype), h0, c0)
+
+    def zero_state(self, batch: int = 1, device=None, dtype=None):
+        """Zero (h0, c0) for `decode`."""
+        shape = (self.config.lstm_layers, batch, self.config.lstm_hidden)
+        dtype = dtype or self.action_token.dtype
+        device = device or self.action_token.device
+        return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype,
+                                                                          device=device)
+
+    def forward(self, window_images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """Reference path: encode every frame of a window (B, T, H, W, 3) and decode it."""
+        b, t = window_images.shape[:2]
+        frames = window_images.reshape(b * t, *window_images.shape[2:])
+        ids = text_ids.repeat_interleave(t, dim=0)
+        feats = self.encode_frame(frames, ids).view(b, t, -1)
+        h0, c0 = self.zero_state(b)
+        return self.decode(feats, h0, c0)[0]
+
+    def parameter_bytes(self) -> int:
+        """Bytes of all parameters at their current dtype (the per-step weight traffic floor)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
