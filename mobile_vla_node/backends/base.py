@@ -98,7 +98,7 @@ class InferenceBackend(ABC):
         for _ in range(iters):
             self.infer(image, ids, history)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Release resources; the backend is unusable afterwards."""
 
     def describe(self) -> BackendInfo:

@@ -55,7 +55,9 @@ class TorchBackend(InferenceBackend):
                    "compiled": cfg.torch_compile})
 
     def _to_device(self, array: np.ndarray):
-        tensor = self.torch.from_numpy(np.ascontiguousarray(array))
+        if not (array.flags.writeable and array.flags.c_contiguous):
+            array = np.array(array, copy=True, order="C")
+        tensor = self.torch.from_numpy(array)
         if self._pin:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=self._pin)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-BACKENDS = ("torch", "onnx", "tensorrt")
+BACKENDS = ("torch", "onnx", "tensorrt", "null")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWIST_AXES = ("linear_x", "linear_y", "angular_z")
 
@@ -130,17 +130,22 @@ class ActionConfig:
     action_sign: list = param([1.0, 1.0, 1.0], "per-axis sign (x, y, yaw): 1 or -1")
     deadzone: float = param(0.0, "|velocity| below this (after scaling) becomes 0", 0.0, 5.0,
                             live=True)
-    action_axes: list = param([], "twist axis of each action dim (empty: x, y[, yaw])")
+    action_axes: str = param("", "comma-separated twist axis of each action dim, e.g. "
+                                 "'linear_x,linear_y' (empty: x, y[, yaw])")
 
     def __post_init__(self):
         _check_fields(self)
         if len(self.action_sign) != 3 or any(s not in (1.0, -1.0) for s in self.action_sign):
             raise ConfigError(f"parameter action_sign={self.action_sign!r} must be 3 values "
                               "of 1 or -1")
-        bad = [a for a in self.action_axes if a not in TWIST_AXES]
-        if bad or len(set(self.action_axes)) != len(self.action_axes):
+        axes = self.axes()
+        if any(a not in TWIST_AXES for a in axes) or len(set(axes)) != len(axes):
             raise ConfigError(f"parameter action_axes={self.action_axes!r} must be distinct "
                               f"names from {list(TWIST_AXES)}")
+
+    def axes(self) -> tuple:
+        """`action_axes` as a tuple of names (empty: the model's default mapping)."""
+        return tuple(a.strip() for a in self.action_axes.split(",") if a.strip())
 
 
 @dataclass(frozen=True)

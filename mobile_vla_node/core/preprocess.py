@@ -23,9 +23,8 @@ class ImageError(ValueError):
     """A frame that cannot be decoded (bad size, step, encoding or data)."""
 
 
-def decode_raw(encoding: str, height: int, width: int, step: int, data,
-               is_bigendian: bool = False) -> np.ndarray:
-    """Decode raw image fields to a contiguous RGB uint8 (H, W, 3) array."""
+def check_raw(encoding: str, height: int, width: int, step: int, nbytes: int) -> int:
+    """Validate raw image fields without decoding; return bytes per pixel or raise ImageError."""
     enc = encoding.lower()
     if enc not in RAW_ENCODINGS:
         raise ImageError(f"unsupported encoding {encoding!r}; supported: {sorted(RAW_ENCODINGS)}")
@@ -34,10 +33,18 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data,
     bpp = RAW_ENCODINGS[enc]
     if step < width * bpp:
         raise ImageError(f"step {step} < width {width} x {bpp} bytes for {encoding}")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size != step * height:
-        raise ImageError(f"data has {buf.size} bytes, expected step {step} x height {height} = "
+    if nbytes != step * height:
+        raise ImageError(f"data has {nbytes} bytes, expected step {step} x height {height} = "
                          f"{step * height}")
+    return bpp
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data,
+               is_bigendian: bool = False) -> np.ndarray:
+    """Decode raw image fields to a contiguous RGB uint8 (H, W, 3) array."""
+    enc = encoding.lower()
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bpp = check_raw(encoding, height, width, step, buf.size)
     rows = buf.reshape(height, step)[:, : width * bpp]
     if enc in ("mono16", "16uc1"):
         pixels = rows.view(">u2" if is_bigendian else "<u2").reshape(height, width)
@@ -85,3 +92,11 @@ def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb") -> np
     if channel_order == "bgr":
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb)
+
+
+def decode_message(msg) -> np.ndarray:
+    """Decode an Image or CompressedImage message object (rclpy or rosbags) to RGB."""
+    if hasattr(msg, "format"):
+        return decode_compressed(msg.format, msg.data)
+    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                      bool(msg.is_bigendian))

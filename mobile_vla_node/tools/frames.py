@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.preprocess import ImageError, decode_compressed, decode_raw
+from ..core.preprocess import ImageError, decode_message
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -19,14 +19,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 class BagError(RuntimeError):
     """A bag that cannot be opened or read (missing, truncated, no image topic)."""
-
-
-def decode_image_message(msgtype: str, msg) -> np.ndarray:
-    """Decode a deserialized Image/CompressedImage (rosbags or rclpy object) to RGB."""
-    if msgtype.endswith("CompressedImage"):
-        return decode_compressed(msg.format, bytes(msg.data))
-    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data),
-                      bool(msg.is_bigendian))
 
 
 def open_bag(path: str | Path):
@@ -62,8 +54,7 @@ def iter_frames(path: str | Path, topic: str | None = None, limit: int | None = 
         with open_bag(path) as reader:
             for conn, _, raw in reader.messages(connections=image_connections(reader, topic)):
                 try:
-                    frame = decode_image_message(conn.msgtype, reader.deserialize(raw,
-                                                                                  conn.msgtype))
+                    frame = decode_message(reader.deserialize(raw, conn.msgtype))
                 except ImageError:
                     continue
                 yield frame

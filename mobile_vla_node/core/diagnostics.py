@@ -1,0 +1,145 @@
+"""Node statistics and the diagnostic statuses built from them (ROS-free).
+
+Three statuses, one per concern, named "<node>: inference", "<node>: inputs", "<node>: control".
+Each starts in ERROR "no data yet" and gets its level from the configured thresholds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .config import DiagnosticsConfig
+from .timing import LatencyWindow, PeriodJitter, RateMeter
+
+OK, WARN, ERROR = 0, 1, 2
+# Stops that are the operator's choice or normal start-up, not faults.
+BENIGN_STOPS = ("disabled", "no_command", "no_action")
+STAGES = ("transport", "preprocess", "inference", "end_to_end")
+
+
+@dataclass
+class Status:
+    """One DiagnosticStatus worth of data."""
+
+    name: str
+    level: int
+    message: str
+    hardware_id: str
+    values: dict
+
+
+@dataclass
+class NodeStats:
+    """Latency windows, rates and counters the node updates under its lock."""
+
+    window: int = 200
+    control_period_s: float = 0.05
+    counters: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        self.latency = {stage: LatencyWindow(self.window) for stage in STAGES}
+        self.image_rate = RateMeter()
+        self.inference_rate = RateMeter()
+        self.control_rate = RateMeter()
+        self.jitter = PeriodJitter(self.control_period_s, self.window)
+
+
+def _latency_values(stats: NodeStats, stages) -> dict:
+    values = {}
+    for stage in stages:
+        summary = stats.latency[stage].summary()
+        for key in ("p50", "p95", "p99", "max"):
+            values[f"{stage}_{key}_ms"] = f"{summary[key]:.2f}" if summary else "n/a"
+    return values
+
+
+def build_statuses(node: str, hardware_id: str, cfg: DiagnosticsConfig, stats: NodeStats,
+                   backend_values: dict, backend_warnings: list, control: dict,
+                   now_monotonic: float) -> list[Status]:
+    """Statuses for the inference, inputs and control concerns."""
+    c = stats.counters
+    return [
+        _inference_status(f"{node}: inference", hardware_id, cfg, stats, backend_values,
+                          backend_warnings, control, now_monotonic),
+        _inputs_status(f"{node}: inputs", hardware_id, cfg, stats, control, now_monotonic, c),
+        _control_status(f"{node}: control", hardware_id, cfg, stats, control, now_monotonic),
+    ]
+
+
+def _inference_status(name, hw, cfg, stats, backend_values, warnings, control, now):
+    c = stats.counters
+    values = dict(backend_values)
+    values.update(_latency_values(stats, ("preprocess", "inference")))
+    values.update({"inference_rate_hz": f"{stats.inference_rate.rate(now):.2f}",
+                   "steps": str(c["steps"]), "inference_errors": str(c["inference_errors"]),
+                   "non_finite_actions": str(c["non_finite_actions"]),
+                   "discarded_steps": str(c["discarded_steps"])})
+    p99 = stats.latency["inference"].summary().get("p99")
+    if control.get("fault") == "inference_error":
+        level, msg = ERROR, f"inference failing: {control.get('last_error', '')}"
+    elif p99 is None:
+        level, msg = ERROR, "no data yet"
+    elif p99 > cfg.inference_error_ms:
+        level, msg = ERROR, f"inference p99 {p99:.1f} ms > {cfg.inference_error_ms} ms"
+    elif p99 > cfg.inference_warn_ms:
+        level, msg = WARN, f"inference p99 {p99:.1f} ms > {cfg.inference_warn_ms} ms"
+    elif warnings:
+        level, msg = WARN, "; ".join(warnings)
+    else:
+        level, msg = OK, f"inference p99 {p99:.1f} ms on {backend_values.get('provider', '')}"
+    return Status(name, level, msg, hw, values)
+
+
+def _inputs_status(name, hw, cfg, stats, control, now, c):
+    values = _latency_values(stats, ("transport",))
+    rate = stats.image_rate.rate(now)
+    values.update({"image_rate_hz": f"{rate:.2f}", "frames_received": str(c["frames_received"]),
+                   "frames_dropped": str(c["frames_dropped"]),
+                   "malformed_images": str(c["malformed_images"]),
+                   "rejected_commands": str(c["rejected_commands"]),
+                   "command": control.get("command") or "", "last_input_error":
+                   control.get("last_input_error", "")})
+    if c["frames_received"] == 0:
+        level, msg = ERROR, "no data yet"
+    elif control.get("fault") in ("bad_image", "bad_command"):
+        level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
+    elif control.get("last_stop_reason") == "image_stale" and control.get("stop_reason"):
+        level, msg = ERROR, "images stale"
+    elif rate < cfg.input_rate_warn_hz:
+        level, msg = WARN, f"image rate {rate:.2f} Hz < {cfg.input_rate_warn_hz} Hz"
+    elif not control.get("command"):
+        level, msg = WARN, "no command"
+    else:
+        level, msg = OK, f"images at {rate:.1f} Hz"
+    return Status(name, level, msg, hw, values)
+
+
+def _control_status(name, hw, cfg, stats, control, now):
+    jitter = stats.jitter.deviation.summary()
+    values = _latency_values(stats, ("end_to_end",))
+    values.update({
+        "control_rate_hz": f"{stats.control_rate.rate(now):.2f}",
+        "jitter_p99_ms": f"{jitter['p99']:.3f}" if jitter else "n/a",
+        "jitter_max_ms": f"{jitter['max']:.3f}" if jitter else "n/a",
+        "deadline_misses": str(stats.jitter.misses),
+        "safety_state": "stopped" if control.get("stop_reason") else "moving",
+        "stop_reason": control.get("stop_reason") or "",
+        "last_stop_reason": control.get("last_stop_reason") or "",
+        "stop_counts": ", ".join(f"{k}={v}" for k, v in sorted(control.get("stop_counts",
+                                                                            {}).items())),
+        "enabled": str(control.get("enabled")),
+        "twist": control.get("twist", ""),
+    })
+    reason = control.get("stop_reason")
+    if control.get("ticks", 0) == 0:
+        level, msg = ERROR, "no data yet"
+    elif reason and reason not in BENIGN_STOPS:
+        level, msg = ERROR, f"stopped: {reason}"
+    elif reason:
+        level, msg = WARN, f"stopped: {reason}"
+    elif jitter and jitter["p99"] > cfg.jitter_warn_ms:
+        level, msg = WARN, f"control jitter p99 {jitter['p99']:.2f} ms > {cfg.jitter_warn_ms}"
+    else:
+        level, msg = OK, "moving"
+    return Status(name, level, msg, hw, values)

@@ -1,0 +1,96 @@
+"""The policy runtime shared by the node, replay and benchmarks.
+
+Command -> prompt ids (tokenized once per command, never padded unless the model config says so).
+Frame -> model input -> backend.infer(image, ids, history) -> feature appended to the history ring
+(``window_size - 1`` previous features, so each frame is encoded exactly once) -> normalized action
+chunk -> velocities. A new command or `reset` clears the history; a step that started under an
+older command is discarded instead of mixing two commands' features.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model.tokenizer import CommandError
+from .config import ActionConfig
+from .postprocess import ActionPostprocessor
+from .preprocess import to_model_input
+
+
+@dataclass
+class StepResult:
+    """One inference step: velocities (chunk, 3), raw normalized actions and stage timings."""
+
+    velocities: np.ndarray
+    actions: np.ndarray
+    preprocess_ms: float
+    inference_ms: float
+
+
+class PolicyRuntime:
+    """Backend + command + history window + post-processing; thread-safe for one stepping thread."""
+
+    def __init__(self, backend, action: ActionConfig, max_command_chars: int = 512):
+        self.backend = backend
+        self.spec = backend.spec
+        self.channel_order = action.channel_order
+        self.post = ActionPostprocessor(action, self.spec.action_dim, self.spec.max_linear)
+        self.max_command_chars = max_command_chars
+        self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
+        self.command: str | None = None
+        self.text_ids: np.ndarray | None = None
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    def set_command(self, text: str) -> None:
+        """Tokenize a new instruction and reset the history; raises CommandError if unusable."""
+        if isinstance(text, str) and len(text) > self.max_command_chars:
+            raise CommandError(f"command has {len(text)} characters (limit "
+                               f"{self.max_command_chars})")
+        ids = self.backend.tokenizer.encode(text)
+        with self._lock:
+            self.command, self.text_ids = text.strip(), ids
+            self.history.clear()
+            self.generation += 1
+
+    def clear_command(self) -> None:
+        """Drop the instruction (the robot stops until a new one arrives)."""
+        with self._lock:
+            self.command, self.text_ids = None, None
+            self.history.clear()
+            self.generation += 1
+
+    def reset(self) -> None:
+        """Clear the observation history, keep the command."""
+        with self._lock:
+            self.history.clear()
+            self.generation += 1
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB frame -> the model's uint8 input (size and channel order)."""
+        return to_model_input(rgb, self.spec.image_size, self.channel_order)
+
+    def step(self, rgb: np.ndarray) -> StepResult | None:
+        """Run one frame; None without a command or if the command changed meanwhile."""
+        t0 = time.perf_counter()
+        image = self.prepare(rgb)
+        t1 = time.perf_counter()
+        with self._lock:
+            if self.text_ids is None:
+                return None
+            ids, generation = self.text_ids, self.generation
+            history = (np.stack(self.history) if self.history
+                       else np.zeros((0, self.spec.feature_dim), np.float32))
+        feature, actions = self.backend.infer(image, ids, history)
+        t2 = time.perf_counter()
+        with self._lock:
+            if generation != self.generation:
+                return None
+            self.history.append(np.asarray(feature, dtype=np.float32))
+        return StepResult(self.post(actions), np.asarray(actions), (t1 - t0) * 1e3,
+                          (t2 - t1) * 1e3)

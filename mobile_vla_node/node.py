@@ -1,0 +1,377 @@
+"""The rclpy shell: parameters, QoS, subscriptions, timers and publishers around the ROS-free core.
+
+Threads: subscriptions only store the newest frame and wake the inference worker (a plain thread,
+off the executor); the control timer and the diagnostics timer have their own callback groups on a
+MultiThreadedExecutor; shared state is guarded by one lock. Every exit path publishes a zero Twist.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import SetBool, Trigger
+
+from .backends import BackendError, create_backend
+from .core.config import PARAMETERS, ConfigError, NodeConfig
+from .core.control import ChunkMeta, ControlLoop
+from .core.diagnostics import NodeStats, build_statuses
+from .core.preprocess import MAX_COMPRESSED_BYTES, ImageError, check_raw, decode_message
+from .core.runtime import PolicyRuntime
+from .model.checkpoint import CheckpointError
+from .model.tokenizer import CommandError
+
+LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
+CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                        reliability=ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+TIMING_LABELS = ("transport_ms", "preprocess_ms", "inference_ms", "end_to_end_ms")
+STARTUP_ERRORS = (ConfigError, BackendError, CheckpointError, FileNotFoundError, ValueError)
+
+
+def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
+    desc = ParameterDescriptor(description=spec["doc"], read_only=not spec["live"])
+    if spec["choices"]:
+        desc.additional_constraints = f"one of {list(spec['choices'])}"
+    default = spec["default"]
+    if isinstance(default, float):
+        # Accept 1 as well as 1.0 from YAML; range checks happen in the config dataclasses.
+        desc.dynamic_typing = True
+        if spec["lo"] is not None:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec["lo"]),
+                                                            to_value=float(spec["hi"]))]
+    elif isinstance(default, int) and not isinstance(default, bool) and spec["lo"] is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec["lo"]), to_value=int(spec["hi"]))]
+    elif isinstance(default, list) and default and isinstance(default[0], float):
+        desc.dynamic_typing = True
+    return desc
+
+
+def _stamp_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class VlaNode(Node):
+    """Camera + command in, Twist out at a fixed rate, diagnostics on /diagnostics."""
+
+    def __init__(self, **kwargs):
+        super().__init__("vla_node", **kwargs)
+        for name, spec in PARAMETERS.items():
+            self.declare_parameter(name, spec["default"], _descriptor(name, spec))
+        self.config = NodeConfig.from_params(
+            {name: self.get_parameter(name).value for name in PARAMETERS})
+        cfg = self.config
+        self.get_logger().info(f"loading backend {cfg.backend.backend!r} "
+                               f"(preset {cfg.backend.model_preset!r}, device "
+                               f"{cfg.backend.device!r})")
+        self.backend = create_backend(cfg.backend)
+        self.backend.load()
+        t0 = time.perf_counter()
+        self.backend.warmup(cfg.backend.warmup_iters)
+        info = self.backend.describe()
+        self.get_logger().info(
+            f"backend ready: {info.name} on {info.device}, {info.precision}, provider "
+            f"{info.provider}; weights: {info.model}; warm-up {time.perf_counter() - t0:.2f} s")
+        for warning in info.warnings:
+            self.get_logger().warning(warning)
+
+        self._lock = threading.Lock()
+        self.runtime = PolicyRuntime(self.backend, cfg.action, cfg.control.max_command_chars)
+        self.control = ControlLoop(cfg.control, cfg.safety, self.backend.spec.chunk_step_period_s)
+        period = 1.0 / cfg.control.control_rate_hz
+        self.stats = NodeStats(cfg.diagnostics.latency_window, period)
+        self._pending = None
+        self._last_input_error = ""
+        self._last_error = ""
+        self._ticks = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+        topics = cfg.topics
+        self.cmd_pub = self.create_publisher(Twist, topics.cmd_vel_topic, 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.timing_pub = self.create_publisher(Float64MultiArray, topics.timing_topic, 10)
+        input_group = MutuallyExclusiveCallbackGroup()
+        if topics.image_transport == "compressed":
+            self.create_subscription(CompressedImage, topics.compressed_image_topic,
+                                     self._on_image, CAMERA_QOS, callback_group=input_group)
+        else:
+            self.create_subscription(Image, topics.image_topic, self._on_image, CAMERA_QOS,
+                                     callback_group=input_group)
+        self.create_subscription(String, topics.command_topic, self._on_command, LATCHED_QOS,
+                                 callback_group=input_group)
+        self.create_subscription(Bool, topics.enable_topic, self._on_enable_msg, LATCHED_QOS,
+                                 callback_group=input_group)
+        self.create_service(SetBool, "~/enable", self._on_enable_srv,
+                            callback_group=input_group)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=input_group)
+        self.create_timer(period, self._on_tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(cfg.diagnostics.diagnostics_period_s, self._on_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._worker = threading.Thread(target=self._worker_loop, name="vla_inference",
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"publishing {topics.cmd_vel_topic} at "
+                               f"{cfg.control.control_rate_hz:g} Hz")
+
+    # -- clock -------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _on_image(self, msg) -> None:
+        now = self._now()
+        try:
+            if isinstance(msg, CompressedImage):
+                if not 0 < len(msg.data) <= MAX_COMPRESSED_BYTES:
+                    raise ImageError(f"compressed image of {len(msg.data)} bytes")
+            else:
+                check_raw(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
+        except ImageError as exc:
+            self._input_error("bad_image", str(exc), "malformed_images")
+            return
+        stamp = _stamp_s(msg.header.stamp)
+        transport_ms = (now - stamp) * 1e3 if stamp > 0 else float("nan")
+        with self._lock:
+            self.stats.counters["frames_received"] += 1
+            self.stats.image_rate.add(time.monotonic())
+            if stamp > 0:
+                self.stats.latency["transport"].add(transport_ms)
+            self.control.on_image(now)
+            if self._pending is not None:
+                self.stats.counters["frames_dropped"] += 1
+            self._pending = (msg, stamp, transport_ms)
+        self._wake.set()
+
+    def _input_error(self, fault: str, text: str, counter: str) -> None:
+        with self._lock:
+            self.stats.counters[counter] += 1
+            self.control.fault = fault
+            self._last_input_error = text
+        self.get_logger().warning(f"{counter}: {text}", throttle_duration_sec=2.0)
+
+    def _on_command(self, msg: String) -> None:
+        if msg.data.strip() == (self.runtime.command or ""):
+            return  # republished same command: keep the history (use ~/reset to clear it)
+        try:
+            self.runtime.set_command(msg.data)
+        except CommandError as exc:
+            self.runtime.clear_command()
+            with self._lock:
+                self.control.on_command(False)
+            self._input_error("bad_command", str(exc), "rejected_commands")
+            with self._lock:
+                self.control.fault = None  # no command is itself a stop reason
+            return
+        with self._lock:
+            self.control.on_command(True)
+            if self.control.fault == "bad_command":
+                self.control.fault = None
+        self.get_logger().info(f"command: {self.runtime.command!r}")
+
+    def _set_enabled(self, enabled: bool, source: str) -> None:
+        with self._lock:
+            self.control.set_enabled(enabled)
+        self.get_logger().info(f"{'enabled' if enabled else 'DISABLED (e-stop)'} by {source}")
+
+    def _on_enable_msg(self, msg: Bool) -> None:
+        self._set_enabled(msg.data, "topic")
+
+    def _on_enable_srv(self, request, response):
+        self._set_enabled(request.data, "service")
+        response.success, response.message = True, "enabled" if request.data else "disabled"
+        return response
+
+    def _on_reset(self, request, response):
+        self.runtime.reset()
+        with self._lock:
+            self.control.player.clear()
+        response.success, response.message = True, "history cleared"
+        return response
+
+    # -- inference worker (off the executor) -------------------------------------------------
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=0.1):
+                continue
+            self._wake.clear()
+            with self._lock:
+                item, self._pending = self._pending, None
+            if item is not None:
+                self._process(*item)
+
+    def _process(self, msg, stamp: float, transport_ms: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = decode_message(msg)
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            result = self.runtime.step(rgb)
+        except ImageError as exc:
+            self._input_error("bad_image", str(exc), "malformed_images")
+            return
+        except Exception as exc:  # a backend failure must stop the robot, not the node
+            with self._lock:
+                self.stats.counters["inference_errors"] += 1
+                self.control.fault = "inference_error"
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"inference failed: {self._last_error}",
+                                    throttle_duration_sec=2.0)
+            return
+        if result is None:
+            with self._lock:
+                self.stats.counters["discarded_steps"] += 1
+            return
+        now = self._now()
+        with self._lock:
+            if not np.all(np.isfinite(result.velocities)):
+                self.stats.counters["non_finite_actions"] += 1
+            self.control.fault = None
+            self.stats.counters["steps"] += 1
+            self.stats.inference_rate.add(time.monotonic())
+            preprocess_ms = decode_ms + result.preprocess_ms
+            self.stats.latency["preprocess"].add(preprocess_ms)
+            self.stats.latency["inference"].add(result.inference_ms)
+            self.control.on_chunk(result.velocities, now, ChunkMeta(
+                stamp, transport_ms, preprocess_ms, result.inference_ms))
+
+    # -- control -----------------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        now, mono = self._now(), time.monotonic()
+        with self._lock:
+            result = self.control.tick(now)
+            self._ticks += 1
+            self.stats.jitter.tick(mono)
+            self.stats.control_rate.add(mono)
+            meta = result.first_use
+            e2e_ms = (now - meta.image_stamp) * 1e3 if meta and meta.image_stamp > 0 else None
+            if e2e_ms is not None:
+                self.stats.latency["end_to_end"].add(e2e_ms)
+        self.cmd_pub.publish(self._twist(result.twist))
+        if meta is not None:
+            timing = Float64MultiArray()
+            timing.layout.dim = [MultiArrayDimension(label=",".join(TIMING_LABELS),
+                                                     size=len(TIMING_LABELS), stride=1)]
+            timing.data = [meta.transport_ms, meta.preprocess_ms, meta.inference_ms,
+                           e2e_ms if e2e_ms is not None else float("nan")]
+            self.timing_pub.publish(timing)
+
+    @staticmethod
+    def _twist(v) -> Twist:
+        msg = Twist()
+        msg.linear.x, msg.linear.y, msg.angular.z = (float(x) for x in v)
+        return msg
+
+    def publish_zero(self) -> None:
+        """Publish a zero Twist (shutdown, fatal errors)."""
+        self.cmd_pub.publish(Twist())
+
+    # -- diagnostics -------------------------------------------------------------------------
+    def _on_diagnostics(self) -> None:
+        cfg = self.config
+        info = self.backend.describe()
+        with self._lock:
+            last = self.control.last
+            control = {
+                "fault": self.control.fault, "command": self.runtime.command,
+                "stop_reason": last.stop_reason if last else None,
+                "last_stop_reason": self.control.last_stop_reason,
+                "stop_counts": dict(self.control.stop_counts), "enabled": self.control.enabled,
+                "ticks": self._ticks, "last_error": self._last_error,
+                "last_input_error": self._last_input_error,
+                "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
+            }
+            statuses = build_statuses(self.get_name(), cfg.diagnostics.hardware_id or info.device,
+                                      cfg.diagnostics, self.stats, info.as_values(),
+                                      info.warnings, control, time.monotonic())
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        for s in statuses:
+            array.status.append(DiagnosticStatus(
+                level=LEVELS[s.level], name=s.name, message=s.message, hardware_id=s.hardware_id,
+                values=[KeyValue(key=k, value=str(v)) for k, v in s.values.items()]))
+        self.diag_pub.publish(array)
+
+    # -- live parameters ---------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in PARAMETERS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = self.config.with_params(changes)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.config = new
+        with self._lock:
+            self.control.configure(new.control, new.safety)
+            self.runtime.post.update(new.action)
+        self.get_logger().info(f"parameters updated: {changes}")
+        return SetParametersResult(successful=True)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the worker and publish zeros; the node stays valid for destroy_node()."""
+        self._stop.set()
+        self._wake.set()
+        for _ in range(3):
+            self.publish_zero()
+            time.sleep(0.02)
+        self._worker.join(timeout=2.0)
+        self.backend.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(args=None) -> int:
+    """Entry point of ``vla_node``: init, spin, publish zeros, destroy, shutdown."""
+    from rclpy.signals import SignalHandlerOptions
+
+    # Our own signal handling: rclpy's would shut the context down before the final zero Twist.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    node = None
+    code = 0
+    try:
+        node = VlaNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except STARTUP_ERRORS as exc:
+        # One clear line instead of a traceback; nothing has moved the robot yet.
+        print(f"[vla_node] FATAL: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
