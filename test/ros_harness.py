@@ -1,0 +1,171 @@
+"""Helpers for tests that talk to the node over real DDS: start it as a process, probe topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ros_env(domain: int | None = None) -> dict:
+    """Environment for a child ROS process on loopback in this run's domain."""
+    env = dict(os.environ)
+    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1",
+               PYTHONUNBUFFERED="1")
+    if domain is not None:
+        env["ROS_DOMAIN_ID"] = str(domain)
+    return env
+
+
+def start_node(params: dict | None = None, extra_args=(), log_path: Path | None = None):
+    """Start ``python -m mobile_vla_node.node`` with ``-p name:=value`` parameters."""
+    args = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args", *extra_args]
+    for name, value in (params or {}).items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        args += ["-p", f"{name}:={value}"]
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(args, cwd=REPO, env=ros_env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc, timeout: float = 10.0) -> int:
+    """SIGINT, then kill if needed; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def rgb_image_msg(frame: np.ndarray, stamp, encoding: str = "rgb8"):
+    """A sensor_msgs/Image from an RGB frame (converted to ``encoding``)."""
+    from sensor_msgs.msg import Image
+
+    if encoding == "bgr8":
+        frame = frame[:, :, ::-1]
+    elif encoding == "mono8":
+        frame = frame[:, :, :1]
+    frame = np.ascontiguousarray(frame)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.height, msg.width = frame.shape[:2]
+    msg.encoding = encoding
+    msg.step = frame.shape[1] * frame.shape[2]
+    msg.data = frame.tobytes()
+    return msg
+
+
+class Probe:
+    """A test-side rclpy node in a background executor: publishes inputs, records outputs."""
+
+    def __init__(self, name: str = "probe"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import Twist
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Bool, Float64MultiArray, String
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.image_pub = self.node.create_publisher(
+            Image, "/camera/image_raw",
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.command_pub = self.node.create_publisher(String, "/vla/command", latched)
+        self.enable_pub = self.node.create_publisher(Bool, "/vla/enable", latched)
+        self.lock = threading.Lock()
+        self.twists: list = []
+        self.diagnostics: list = []
+        self.timings: list = []
+        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.node.create_subscription(Float64MultiArray, "/vla_node/step_timing",
+                                      lambda m: self._append(self.timings, list(m.data)), 50)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down while spinning
+                return
+
+    def _append(self, target, item):
+        with self.lock:
+            target.append(item)
+
+    def _on_twist(self, msg):
+        self._append(self.twists, (time.monotonic(), msg.linear.x, msg.linear.y, msg.angular.z))
+
+    def _on_diag(self, msg):
+        self._append(self.diagnostics, {s.name: s for s in msg.status})
+
+    def now(self):
+        """Current time as a builtin_interfaces/Time."""
+        return self.node.get_clock().now().to_msg()
+
+    def command(self, text: str) -> None:
+        """Publish an instruction."""
+        from std_msgs.msg import String
+
+        self.command_pub.publish(String(data=text))
+
+    def enable(self, value: bool) -> None:
+        """Publish on the enable topic."""
+        from std_msgs.msg import Bool
+
+        self.enable_pub.publish(Bool(data=value))
+
+    def publish_frames(self, frame: np.ndarray, seconds: float, rate_hz: float = 10.0,
+                       encoding: str = "rgb8") -> None:
+        """Publish the same frame at ``rate_hz`` for ``seconds`` (fresh stamps)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.image_pub.publish(rgb_image_msg(frame, self.now(), encoding))
+            time.sleep(1.0 / rate_hz)
+
+    def twists_since(self, t0: float) -> list:
+        """Twists received after monotonic time ``t0``."""
+        with self.lock:
+            return [t for t in self.twists if t[0] >= t0]
+
+    def wait_for(self, predicate, timeout: float, interval: float = 0.05) -> bool:
+        """Poll ``predicate`` until true or timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return predicate()
+
+    def latest_diagnostics(self) -> dict:
+        """The newest DiagnosticArray as {name: status} (empty if none)."""
+        with self.lock:
+            return dict(self.diagnostics[-1]) if self.diagnostics else {}
+
+    def close(self) -> None:
+        """Shut the probe's context down."""
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
