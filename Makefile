@@ -8,6 +8,8 @@ ROS_DOMAIN_ID ?= 77
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_LOCALHOST_ONLY := 1
 export ROS_DOMAIN_ID
+# Camera-sized frames between processes (see config/fastdds_large_images.xml).
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 
 .PHONY: demo test lint venv clean
 
