@@ -169,3 +169,15 @@ class Probe:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=2.0)
+
+
+def wait_for_log(path: Path, text: str, timeout: float = 120.0, proc=None) -> bool:
+    """Wait until ``text`` appears in a node's log file (e.g. "publishing" = ready)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
