@@ -53,7 +53,7 @@ class LSTMActionHead(nn.Module):
         self.actions = MLPTanhHead(hidden_size, mlp_hidden, chunk * action_dim)
 
     def forward(self, features: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
-        """features (B, T, D) -> actions (B, chunk, action_dim), hn, cn."""
+        """Features (B, T, D) -> actions (B, chunk, action_dim), hn, cn."""
         out, (hn, cn) = self.rnn(features, (h0, c0))
         actions = self.actions(out[:, -1])
         return actions.view(-1, self.chunk, self.action_dim), hn, cn
