@@ -90,10 +90,16 @@ class MobileVLAPolicy(nn.Module):
         x = images.permute(0, 3, 1, 2).to(self.pixel_mean.dtype) / 255.0
         return (x - self.pixel_mean) / self.pixel_std
 
+    def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Kosmos-2's image path (as in ``Kosmos2Model.forward``, transformers 4.x and 5.x)."""
+        vision = self.backbone.vision_model(pixel_values=pixels)[0]
+        embeds = self.backbone.vision_model.model.post_layernorm(vision)
+        embeds = nn.functional.normalize(embeds, dim=-1)
+        return self.backbone.image_to_text_projection(embeds)[0]
+
     def encode_frame(self, images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, H, W, 3) + prompt ids (B, L) -> action-token features (B, D)."""
-        pixels = self.normalize_image(images)
-        image_embeds = self.backbone.get_image_features(pixels).pooler_output
+        image_embeds = self.image_embeds(self.normalize_image(images))
         text = self.backbone.text_model.model
         batch = images.shape[0]
         embed = text.embed_tokens
