@@ -181,3 +181,31 @@ def wait_for_log(path: Path, text: str, timeout: float = 120.0, proc=None) -> bo
             return False
         time.sleep(0.1)
     return False
+
+
+def make_frame() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[:] = (90, 90, 90)
+    frame[80:200, 180:260] = (220, 30, 30)  # a red box right of centre
+    return np.clip(frame + rng.integers(0, 20, frame.shape), 0, 255).astype(np.uint8)
+
+
+FRAME = make_frame()
+
+
+def expected_twist(frame: np.ndarray, command: str) -> np.ndarray:
+    """What the core computes for this frame repeated until the history window is full."""
+    from mobile_vla_node.backends import create_backend
+    from mobile_vla_node.core.config import ActionConfig, BackendConfig, SafetyConfig
+    from mobile_vla_node.core.runtime import PolicyRuntime
+
+    backend = create_backend(BackendConfig())
+    backend.load()
+    runtime = PolicyRuntime(backend, ActionConfig())
+    runtime.set_command(command)
+    for _ in range(backend.spec.window_size + 1):
+        result = runtime.step(frame)
+    s = SafetyConfig()
+    limits = np.array([s.max_linear_x, s.max_linear_y, s.max_angular_z])
+    return np.clip(result.velocities[0], -limits, limits)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_harness import Probe, rgb_image_msg, start_node, stop_process
+from ros_harness import FRAME, Probe, expected_twist, rgb_image_msg, start_node, stop_process
 
 RATE_HZ = 20.0
 PERIOD = 1.0 / RATE_HZ
@@ -21,34 +21,6 @@ PARAMS = {
     "diagnostics_period_s": 0.25, "jitter_warn_ms": 1000.0, "inference_warn_ms": 5000.0,
     "inference_error_ms": 10000.0,
 }
-
-
-def make_frame() -> np.ndarray:
-    rng = np.random.default_rng(7)
-    frame = np.zeros((240, 320, 3), np.uint8)
-    frame[:] = (90, 90, 90)
-    frame[80:200, 180:260] = (220, 30, 30)  # a red box right of centre
-    return np.clip(frame + rng.integers(0, 20, frame.shape), 0, 255).astype(np.uint8)
-
-
-FRAME = make_frame()
-
-
-def expected_twist(frame: np.ndarray, command: str) -> np.ndarray:
-    """What the core computes for this frame repeated until the history window is full."""
-    from mobile_vla_node.backends import create_backend
-    from mobile_vla_node.core.config import ActionConfig, BackendConfig, SafetyConfig
-    from mobile_vla_node.core.runtime import PolicyRuntime
-
-    backend = create_backend(BackendConfig())
-    backend.load()
-    runtime = PolicyRuntime(backend, ActionConfig())
-    runtime.set_command(command)
-    for _ in range(backend.spec.window_size + 1):
-        result = runtime.step(frame)
-    s = SafetyConfig()
-    limits = np.array([s.max_linear_x, s.max_linear_y, s.max_angular_z])
-    return np.clip(result.velocities[0], -limits, limits)
 
 
 @pytest.fixture(scope="module")
