@@ -32,7 +32,8 @@ def test_params_file_and_remap_as_launch_does(tmp_path):
     got = []
     probe.node.create_subscription(Twist, "/robot/cmd_vel", got.append, 10)
     try:
-        assert probe.wait_for(lambda: len(got) >= 5, timeout=90), (tmp_path / "node.log").read_text()
+        log = (tmp_path / "node.log")
+        assert probe.wait_for(lambda: len(got) >= 5, timeout=90), log.read_text()
         assert probe.wait_for(lambda: len(probe.latest_diagnostics()) == 3, timeout=10)
     finally:
         probe.close()

@@ -2,8 +2,8 @@
 
 A backend owns one loaded policy and runs its two stages on numpy arrays:
 
-* ``encode(image, text_ids)``: uint8 (H, W, 3) image already resized to the model's input size and in
-  its channel order, int64 (L,) prompt ids -> float32 (D,) frame feature;
+* ``encode(image, text_ids)``: uint8 (H, W, 3) image, already resized to the model's input size
+  and in its channel order, int64 (L,) prompt ids -> float32 (D,) frame feature;
 * ``decode(features)``: float32 (T, D) window of features, oldest first -> float32
   (chunk, action_dim) normalized actions in [-1, 1].
 
@@ -86,7 +86,9 @@ class InferenceBackend(ABC):
               history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encode a frame and decode it after ``history`` (T-1, D); return (feature, actions)."""
         feature = self.encode(image, text_ids)
-        window = np.concatenate([history, feature[None]], axis=0) if len(history) else feature[None]
+        window = feature[None]
+        if len(history):
+            window = np.concatenate([history, window], axis=0)
         return feature, self.decode(window)
 
     def warmup(self, iters: int = 3) -> None:

@@ -2,8 +2,8 @@
 
 A chunk of N velocities becomes a schedule starting when it arrives: step i is valid from
 ``t0 + i * period``. The newest chunk replaces the rest of the old one at once; with
-``blend_steps`` > 0 its first steps are blended linearly from where the old schedule would have been.
-Past the last step the last velocity holds; its age keeps growing, so the safety chain's
+``blend_steps`` > 0 its first steps are blended linearly from where the old schedule would
+have been. Past the last step the last velocity holds; its age keeps growing, so the safety chain's
 ``action_timeout_s`` ends it.
 """
 

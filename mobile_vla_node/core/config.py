@@ -2,7 +2,8 @@
 
 Every ROS parameter is a field of one section below. Its metadata carries the description, the
 allowed range and whether it is live-tunable (``live``); `node.py` turns these into
-``ParameterDescriptor``s, so this file is the single table of parameters. Errors name the bad value.
+``ParameterDescriptor``s, so this file is the single table of parameters. Errors
+name the bad value.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _check_fields(section) -> None:
         value = getattr(section, f.name)
         meta = f.metadata
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"parameter {f.name}={value!r} is not one of {list(meta['choices'])}")
+            raise ConfigError(f"parameter {f.name}={value!r} is not one of "
+                              f"{list(meta['choices'])}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(f"parameter {f.name}={value!r} must be finite")

@@ -1,7 +1,8 @@
 """Normalized policy actions -> velocities (m/s, rad/s) on the Twist axes.
 
-Order, per action: clip to [-1, 1] -> map action dims to Twist axes -> scale (``max_linear`` on linear
-axes, ``max_angular`` on yaw) -> ``action_gain`` -> per-axis ``action_sign`` -> ``deadzone``.
+Order, per action: clip to [-1, 1] -> map action dims to Twist axes -> scale (``max_linear`` on
+linear axes, ``max_angular`` on yaw) -> ``action_gain`` -> per-axis ``action_sign`` ->
+``deadzone``.
 Non-finite values pass through unchanged so the safety chain sees (and stops on) them.
 """
 

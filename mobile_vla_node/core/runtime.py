@@ -33,7 +33,7 @@ class StepResult:
 
 
 class PolicyRuntime:
-    """Backend + command + history window + post-processing; thread-safe for one stepping thread."""
+    """Backend + command + history window + post-processing (one stepping thread at a time)."""
 
     def __init__(self, backend, action: ActionConfig, max_command_chars: int = 512):
         self.backend = backend

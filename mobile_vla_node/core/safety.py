@@ -1,10 +1,10 @@
 """The safety chain applied on every control tick.
 
 Gates, in priority order, each a small unit returning a stop reason or None: enable (e-stop) ->
-input/inference fault -> command present -> image fresh -> action present and fresh -> action finite.
-Any stop publishes an immediate zero and resets the acceleration limiter, so motion resumes from
-zero under the limit. Otherwise the action is clamped per axis, then acceleration-limited per axis
-(linear.y included: this is an omni base).
+input/inference fault -> command present -> image fresh -> action present and fresh -> action
+finite. Any stop publishes an immediate zero and resets the acceleration limiter, so motion
+resumes from zero under the limit. Otherwise the action is clamped per axis, then
+acceleration-limited per axis (linear.y included: this is an omni base).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ class LatencyWindow:
         if not self.samples:
             return {}
         data = np.fromiter(self.samples, dtype=np.float64)
-        out = {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(data, PERCENTILES))}
+        values = np.percentile(data, PERCENTILES)
+        out = {f"p{p}": float(v) for p, v in zip(PERCENTILES, values, strict=True)}
         out.update(max=float(data.max()), mean=float(data.mean()), count=self.total)
         return out
 

@@ -2,9 +2,9 @@
 
 * ``torch.load(weights_only=True)`` unless ``allow_unsafe_pickle`` is set (a pickle can run code).
 * Wrappers are unwrapped: ``state_dict`` (Lightning), ``model_state_dict``/``model`` (.pth).
-* Key prefixes are mapped onto this package's module names: ``model.``/``module.`` are stripped, and
-  the text-generation ``lm_head`` of ``Kosmos2ForConditionalGeneration`` is dropped (the policy never
-  generates text; it is reported as ignored).
+* Key prefixes are mapped onto this package's module names: ``model.``/``module.`` are stripped,
+  and the text-generation ``lm_head`` of ``Kosmos2ForConditionalGeneration`` is dropped (the
+  policy never generates text; it is reported as ignored).
 * Strict by default: missing and unexpected keys are listed in the error.
 """
 

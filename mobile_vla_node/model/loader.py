@@ -6,9 +6,9 @@ Resolution order (all local paths; nothing is downloaded):
    checkpoint file (native or RoboVLMs format), else the ``model_preset``;
 2. tokenizer: ``backbone_path`` (a Kosmos-2 folder), else ``tokenizer.json`` beside the model, else
    the built-in word-level tokenizer;
-3. weights: the Kosmos-2 weights in ``backbone_path`` (if given), then the checkpoint on top; with no
-   checkpoint the ``tiny`` preset uses the shipped demo policy and other presets random weights
-   (seeded, and logged as such).
+3. weights: the Kosmos-2 weights in ``backbone_path`` (if given), then the checkpoint on top; with
+   no checkpoint the ``tiny`` preset uses the shipped demo policy and other presets random
+   weights (seeded, and logged as such).
 """
 
 from __future__ import annotations

@@ -2,16 +2,17 @@
 
 The work is split where the runtime splits it:
 
-* `encode_frame` runs once per camera frame: Kosmos-2 over ``<s> <image> [image] </image> prompt
-  [action]`` where ``[action]`` is a learnable embedding; the action slot's last hidden state is the
-  frame's feature. Image normalization (uint8 -> CLIP mean/std) happens here, on the model's device.
-* `decode` runs the LSTM from a given state over a window of cached features and maps the last output
-  to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1].
+* `encode_frame` runs once per camera frame: Kosmos-2 over
+  ``<s> <image> [image] </image> prompt [action]``, where ``[action]`` is a learnable embedding;
+  the action slot's last hidden state is the frame's feature. Image normalization (uint8 -> CLIP
+  mean/std) happens here, on the model's device.
+* `decode` runs the LSTM from a given state over a window of cached features and maps the last
+  output to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1].
 
-RoboVLMs' LSTMDecoder, at inference, re-runs the LSTM from a zero state over the last ``window_size``
-features once the window is full (and carries state while it fills, which is the same thing). The
-runtime therefore calls `decode` with zero state over the whole window; ``h0``/``c0`` are explicit
-inputs so exported graphs do not bake a state in.
+RoboVLMs' LSTMDecoder, at inference, re-runs the LSTM from a zero state over the last
+``window_size`` features once the window is full (and carries state while it fills, which is the
+same thing). The runtime therefore calls `decode` with zero state over the whole window;
+``h0``/``c0`` are explicit inputs so exported graphs do not bake a state in.
 """
 
 from __future__ import annotations

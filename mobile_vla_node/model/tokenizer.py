@@ -2,9 +2,11 @@
 
 Everything runs on a `tokenizers.Tokenizer`, whichever way it was obtained:
 
-* ``tokenizer.json`` in a local folder (the tiny demo policy, an exported ONNX model's metadata, or a
-  Kosmos-2 backbone folder), or any local folder that ``transformers.AutoTokenizer`` understands;
-* the built-in word-level tokenizer, for presets that run with random weights and no backbone folder.
+* ``tokenizer.json`` in a local folder (the tiny demo policy, an exported ONNX model's
+  metadata, or a Kosmos-2 backbone folder), or any local folder that
+  ``transformers.AutoTokenizer`` understands;
+* the built-in word-level tokenizer, for presets that run with random weights and no backbone
+  folder.
 
 Nothing is ever fetched from a hub.
 """
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Kosmos-2's special-token layout: <s>=0, <pad>=1, </s>=2, <unk>=3, then <image>, </image>, <grounding>.
+# Kosmos-2's special-token layout: <s>=0, <pad>=1, </s>=2, <unk>=3, then <image>, </image>,
+# <grounding>.
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<image>", "</image>", "<grounding>")
 # Small vocabulary of the built-in tokenizer: the prompt template and common robot commands.
 BUILTIN_WORDS = (
@@ -65,7 +68,8 @@ def load_tokenizer(path: str | Path | None):
 
         fast = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
         return fast.backend_tokenizer
-    raise FileNotFoundError(f"tokenizer path {str(path)!r} is neither a tokenizer.json nor a folder")
+    raise FileNotFoundError(f"tokenizer path {str(path)!r} is neither a tokenizer.json nor a "
+                            "folder")
 
 
 class PromptTokenizer:
@@ -84,7 +88,8 @@ class PromptTokenizer:
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
         if tid is None:
-            raise ValueError(f"tokenizer has no special token {token!r} (not a Kosmos-2 tokenizer?)")
+            raise ValueError(f"tokenizer has no special token {token!r} (not a Kosmos-2 "
+                             "tokenizer?)")
         return int(tid)
 
     @property
