@@ -1,0 +1,139 @@
+"""The exported-model format shared by the ONNX export, the ONNX backend and the TensorRT build.
+
+An export is two ONNX files side by side: ``NAME.onnx`` (the per-frame encoder) and
+``NAME.step.onnx`` (LSTM + head). Both carry ``mobile_vla.*`` metadata_props; JSON-valued ones are
+parsed by `read_export_metadata`. Only ``onnx`` is needed here (no runtime).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from .base import ModelSpec
+
+FORMAT_VERSION = "1"
+META_PREFIX = "mobile_vla."
+STEP_SUFFIX = ".step.onnx"
+
+ENCODER_INPUTS = ("image", "text_ids")
+ENCODER_OUTPUTS = ("feature",)
+STEP_INPUTS = ("features", "h0", "c0")
+STEP_OUTPUTS = ("actions", "hn", "cn")
+TEXT_AXIS = "text_len"
+WINDOW_AXIS = "window"
+
+# Keys (without the prefix) whose values are JSON; the rest are plain strings.
+JSON_KEYS = ("model_spec", "policy_config", "tokenizer", "normalization", "export", "parity")
+STRING_KEYS = ("format", "role", "step_file")
+REQUIRED_KEYS = ("format", "role", "model_spec", "policy_config", "tokenizer", "normalization",
+                 "export")
+
+
+class ExportFormatError(ValueError):
+    """A file that is not a (complete) mobile_vla ONNX export."""
+
+
+def step_file_name(encoder_path: str | Path) -> str:
+    """``DIR/NAME.onnx`` -> ``NAME.step.onnx`` (the step file's name beside the encoder)."""
+    path = Path(encoder_path)
+    if path.suffix != ".onnx":
+        raise ExportFormatError(f"encoder file {str(path)!r} must end with .onnx")
+    return path.stem + STEP_SUFFIX
+
+
+def read_props(path: str | Path) -> dict:
+    """Raw ``metadata_props`` of an ONNX file as ``{key: str}`` (external weights not loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportFormatError(f"ONNX file {str(path)!r} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError; onnx may raise others
+        raise ExportFormatError(f"{str(path)!r} is not a readable ONNX file: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def parse_props(props: dict, path: str | Path) -> dict:
+    """``mobile_vla.*`` props -> ``{key: value}`` without the prefix, JSON values parsed."""
+    if props.get(META_PREFIX + "format") is None:
+        raise ExportFormatError(f"{str(path)!r} is not a mobile_vla export (no "
+                                f"{META_PREFIX}format metadata); create one with "
+                                "`vla_export onnx --output FILE.onnx ...`")
+    out: dict = {}
+    for key, value in props.items():
+        if not key.startswith(META_PREFIX):
+            continue
+        name = key[len(META_PREFIX):]
+        if name in JSON_KEYS:
+            try:
+                out[name] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ExportFormatError(f"{str(path)!r}: metadata {key} is not valid JSON: "
+                                        f"{exc}") from exc
+        else:
+            out[name] = value
+    if out["format"] != FORMAT_VERSION:
+        raise ExportFormatError(f"{str(path)!r} has export format {out['format']!r}; this "
+                                f"package reads format {FORMAT_VERSION!r} (re-export it)")
+    missing = [k for k in REQUIRED_KEYS if k not in out]
+    if missing:
+        keys = [META_PREFIX + k for k in missing]
+        raise ExportFormatError(f"{str(path)!r} lacks metadata {keys}")
+    return out
+
+
+def read_export_metadata(path: str | Path) -> dict:
+    """Parsed metadata of an export's ENCODER file, checking that its step file is there.
+
+    Returns the ``mobile_vla.*`` values without the prefix (``format``, ``role``, ``step_file``
+    as strings; ``model_spec``, ``policy_config``, ``tokenizer``, ``normalization``, ``export``,
+    ``parity`` parsed from JSON) plus ``encoder_path`` and ``step_path`` (absolute strings).
+    Raises `ExportFormatError` naming the file for anything else.
+    """
+    path = Path(path).expanduser()
+    meta = parse_props(read_props(path), path)
+    if meta["role"] != "encoder":
+        raise ExportFormatError(f"{str(path)!r} is the export's {meta['role']!r} file; pass the "
+                                "encoder file (NAME.onnx, not NAME.step.onnx)")
+    if not meta.get("step_file"):
+        raise ExportFormatError(f"{str(path)!r} lacks metadata {META_PREFIX}step_file")
+    step = path.parent / meta["step_file"]
+    if not step.is_file():
+        raise ExportFormatError(f"step file {str(step)!r} of export {str(path)!r} is missing; "
+                                "copy both files of the export (NAME.onnx and NAME.step.onnx)")
+    step_meta = parse_props(read_props(step), step)
+    if step_meta["role"] != "step":
+        raise ExportFormatError(f"{str(step)!r} has role {step_meta['role']!r}, expected 'step'")
+    if step_meta["model_spec"] != meta["model_spec"]:
+        raise ExportFormatError(f"{str(step)!r} belongs to a different model than {str(path)!r} "
+                                "(model_spec differs); re-export both files together")
+    meta["encoder_path"] = str(path.resolve())
+    meta["step_path"] = str(step.resolve())
+    return meta
+
+
+def model_spec_from_metadata(meta: dict) -> ModelSpec:
+    """The `ModelSpec` stored in an export's metadata."""
+    data = meta["model_spec"]
+    names = {f.name for f in fields(ModelSpec)}
+    missing = sorted(names - set(data))
+    if missing:
+        raise ExportFormatError(f"export model_spec lacks {missing}")
+    return ModelSpec(**{k: data[k] for k in names})
+
+
+def tokenizer_from_metadata(meta: dict):
+    """The `PromptTokenizer` stored in an export's metadata."""
+    from ..model.tokenizer import PromptTokenizer
+
+    return PromptTokenizer.from_json(json.dumps(meta["tokenizer"]))
+
+
+def export_precision(meta: dict) -> str:
+    """``fp16`` or ``fp32``: the precision the export's weights were written in."""
+    return "fp16" if meta.get("export", {}).get("fp16") else "fp32"
