@@ -100,10 +100,10 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
                    "rejected_commands": str(c["rejected_commands"]),
                    "command": control.get("command") or "", "last_input_error":
                    control.get("last_input_error", "")})
-    if c["frames_received"] == 0:
-        level, msg = ERROR, "no data yet"
-    elif control.get("fault") in ("bad_image", "bad_command"):
+    if control.get("fault") in ("bad_image", "bad_command"):
         level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
+    elif c["frames_received"] == 0:
+        level, msg = ERROR, "no data yet"
     elif control.get("last_stop_reason") == "image_stale" and control.get("stop_reason"):
         level, msg = ERROR, "images stale"
     elif rate < cfg.input_rate_warn_hz:

@@ -42,8 +42,10 @@ class ActionPostprocessor:
             raise ValueError(f"expected actions of shape (chunk, {self.action_dim}), "
                              f"got {actions.shape}")
         out = np.zeros((actions.shape[0], 3))
-        out[:, self.columns] = np.clip(actions, -1.0, 1.0)
+        # Clip finite values only: an infinite action must reach the safety chain's finite gate.
+        out[:, self.columns] = np.where(np.isfinite(actions), np.clip(actions, -1.0, 1.0),
+                                        actions)
         out = out * self.scale * self.sign
         with np.errstate(invalid="ignore"):
-            out[np.abs(out) < self.deadzone] = 0.0
+            out[np.abs(out) < self.deadzone] = 0.0  # NaN compares False: kept
         return out

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.tokenizer import CommandError
 from .config import ActionConfig
 from .postprocess import ActionPostprocessor
 from .preprocess import to_model_input
@@ -49,10 +48,7 @@ class PolicyRuntime:
 
     def set_command(self, text: str) -> None:
         """Tokenize a new instruction and reset the history; raises CommandError if unusable."""
-        if isinstance(text, str) and len(text) > self.max_command_chars:
-            raise CommandError(f"command has {len(text)} characters (limit "
-                               f"{self.max_command_chars})")
-        ids = self.backend.tokenizer.encode(text)
+        ids = self.backend.tokenizer.encode(text, max_chars=self.max_command_chars)
         with self._lock:
             self.command, self.text_ids = text.strip(), ids
             self.history.clear()

@@ -102,13 +102,13 @@ class PromptTokenizer:
         """Id after the image tokens: ``</image>``."""
         return self.special_ids["</image>"]
 
-    def encode(self, instruction: str) -> np.ndarray:
+    def encode(self, instruction: str, max_chars: int = MAX_INSTRUCTION_CHARS) -> np.ndarray:
         """Return the prompt's ids as int64 (L,); pads with ``<pad>`` only when ``pad_to`` > 0."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise CommandError("empty instruction")
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
+        if len(instruction) > max_chars:
             raise CommandError(
-                f"instruction has {len(instruction)} characters (limit {MAX_INSTRUCTION_CHARS})"
+                f"instruction has {len(instruction)} characters (limit {max_chars})"
             )
         text = self.template.format(instruction=instruction.strip())
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
