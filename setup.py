@@ -23,7 +23,7 @@ setup(
     maintainer_email="maintainers@example.com",
     description="ROS 2 inference node for RoboVLMs-style VLA policies (PyTorch/ONNX/TensorRT)",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
