@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
@@ -34,10 +33,10 @@ from .backends import BackendError, create_backend
 from .core.config import PARAMETERS, ConfigError, NodeConfig
 from .core.control import ChunkMeta, ControlLoop
 from .core.diagnostics import NodeStats, build_statuses
-from .core.preprocess import MAX_COMPRESSED_BYTES, ImageError, check_raw, decode_message
+from .core.inputs import InputRules
+from .core.preprocess import ImageError, decode_message
 from .core.runtime import PolicyRuntime
 from .model.checkpoint import CheckpointError
-from .model.tokenizer import CommandError
 
 LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
 CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -101,9 +100,8 @@ class VlaNode(Node):
         self.control = ControlLoop(cfg.control, cfg.safety, self.backend.spec.chunk_step_period_s)
         period = 1.0 / cfg.control.control_rate_hz
         self.stats = NodeStats(cfg.diagnostics.latency_window, period)
+        self.inputs = InputRules(self.runtime, self.control, self.stats.counters)
         self._pending = None
-        self._last_input_error = ""
-        self._last_error = ""
         self._ticks = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -143,57 +141,36 @@ class VlaNode(Node):
     # -- inputs ------------------------------------------------------------------------------
     def _on_image(self, msg) -> None:
         now = self._now()
-        try:
-            if isinstance(msg, CompressedImage):
-                if not 0 < len(msg.data) <= MAX_COMPRESSED_BYTES:
-                    raise ImageError(f"compressed image of {len(msg.data)} bytes")
-            else:
-                check_raw(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
-        except ImageError as exc:
-            self._input_error("bad_image", str(exc), "malformed_images")
-            return
         stamp = _stamp_s(msg.header.stamp)
         transport_ms = (now - stamp) * 1e3 if stamp > 0 else float("nan")
         with self._lock:
-            self.stats.counters["frames_received"] += 1
-            self.stats.image_rate.add(time.monotonic())
-            if stamp > 0:
-                self.stats.latency["transport"].add(transport_ms)
-            self.control.on_image(now)
-            if self._pending is not None:
-                self.stats.counters["frames_dropped"] += 1
-            self._pending = (msg, stamp, transport_ms)
+            if not self.inputs.receive_image(msg, now):
+                error = self.inputs.last_input_error
+            else:
+                error = None
+                self.stats.image_rate.add(time.monotonic())
+                if stamp > 0:
+                    self.stats.latency["transport"].add(transport_ms)
+                if self._pending is not None:
+                    self.stats.counters["frames_dropped"] += 1
+                self._pending = (msg, stamp, transport_ms)
+        if error:
+            self.get_logger().warning(f"malformed image: {error}", throttle_duration_sec=2.0)
+            return
         self._wake.set()
 
-    def _input_error(self, fault: str, text: str, counter: str) -> None:
-        with self._lock:
-            self.stats.counters[counter] += 1
-            self.control.fault = fault
-            self._last_input_error = text
-        self.get_logger().warning(f"{counter}: {text}", throttle_duration_sec=2.0)
-
     def _on_command(self, msg: String) -> None:
-        if msg.data.strip() == (self.runtime.command or ""):
-            return  # republished same command: keep the history (use ~/reset to clear it)
-        try:
-            self.runtime.set_command(msg.data)
-        except CommandError as exc:
-            self.runtime.clear_command()
-            with self._lock:
-                self.control.on_command(False)
-            self._input_error("bad_command", str(exc), "rejected_commands")
-            with self._lock:
-                self.control.fault = None  # no command is itself a stop reason
-            return
         with self._lock:
-            self.control.on_command(True)
-            if self.control.fault == "bad_command":
-                self.control.fault = None
-        self.get_logger().info(f"command: {self.runtime.command!r}")
+            outcome = self.inputs.command(msg.data)
+            error = self.inputs.last_input_error
+        if outcome == "accepted":
+            self.get_logger().info(f"command: {self.runtime.command!r}")
+        elif outcome == "rejected":
+            self.get_logger().warning(f"{error}; stopped until a valid command arrives")
 
     def _set_enabled(self, enabled: bool, source: str) -> None:
         with self._lock:
-            self.control.set_enabled(enabled)
+            self.inputs.enable(enabled)
         self.get_logger().info(f"{'enabled' if enabled else 'DISABLED (e-stop)'} by {source}")
 
     def _on_enable_msg(self, msg: Bool) -> None:
@@ -229,32 +206,26 @@ class VlaNode(Node):
             decode_ms = (time.perf_counter() - t0) * 1e3
             result = self.runtime.step(rgb)
         except ImageError as exc:
-            self._input_error("bad_image", str(exc), "malformed_images")
+            with self._lock:
+                self.inputs.bad_image(exc)
+            self.get_logger().warning(f"malformed image: {exc}", throttle_duration_sec=2.0)
             return
         except Exception as exc:  # a backend failure must stop the robot, not the node
             with self._lock:
-                self.stats.counters["inference_errors"] += 1
-                self.control.fault = "inference_error"
-                self._last_error = f"{type(exc).__name__}: {exc}"
-            self.get_logger().error(f"inference failed: {self._last_error}",
+                self.inputs.inference_failed(exc)
+            self.get_logger().error(f"inference failed: {self.inputs.last_error}",
                                     throttle_duration_sec=2.0)
-            return
-        if result is None:
-            with self._lock:
-                self.stats.counters["discarded_steps"] += 1
             return
         now = self._now()
         with self._lock:
-            if not np.all(np.isfinite(result.velocities)):
-                self.stats.counters["non_finite_actions"] += 1
-            self.control.fault = None
-            self.stats.counters["steps"] += 1
-            self.stats.inference_rate.add(time.monotonic())
-            preprocess_ms = decode_ms + result.preprocess_ms
-            self.stats.latency["preprocess"].add(preprocess_ms)
-            self.stats.latency["inference"].add(result.inference_ms)
-            self.control.on_chunk(result.velocities, now, ChunkMeta(
-                stamp, transport_ms, preprocess_ms, result.inference_ms))
+            meta = None
+            if result is not None:
+                meta = ChunkMeta(stamp, transport_ms, decode_ms + result.preprocess_ms,
+                                 result.inference_ms)
+            if self.inputs.step_done(result, now, meta):
+                self.stats.inference_rate.add(time.monotonic())
+                self.stats.latency["preprocess"].add(meta.preprocess_ms)
+                self.stats.latency["inference"].add(meta.inference_ms)
 
     # -- control -----------------------------------------------------------------------------
     def _on_tick(self) -> None:
@@ -298,8 +269,8 @@ class VlaNode(Node):
                 "stop_reason": last.stop_reason if last else None,
                 "last_stop_reason": self.control.last_stop_reason,
                 "stop_counts": dict(self.control.stop_counts), "enabled": self.control.enabled,
-                "ticks": self._ticks, "last_error": self._last_error,
-                "last_input_error": self._last_input_error,
+                "ticks": self._ticks, "last_error": self.inputs.last_error,
+                "last_input_error": self.inputs.last_input_error,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
             }
             statuses = build_statuses(self.get_name(), cfg.diagnostics.hardware_id or info.device,
@@ -350,7 +321,10 @@ def main(args=None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     # Our own signal handling: rclpy's would shut the context down before the final zero Twist.
+    # SIGINT is restored explicitly: a background job of a non-interactive shell inherits it
+    # as ignored.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     node = None
     code = 0
@@ -358,7 +332,10 @@ def main(args=None) -> int:
         node = VlaNode()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        executor.spin()
+        # Short slices, so a signal is handled even when no callback is due (e.g. use_sim_time
+        # with /clock paused: timers never wake the executor).
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except STARTUP_ERRORS as exc:

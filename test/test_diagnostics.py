@@ -128,7 +128,9 @@ def test_inputs_levels():
                                  "last_input_error": "step 8 < width 3 x 3 bytes for rgb8"})
     assert bad.level == ERROR and "step 8 < width 3" in bad.message
     assert bad.values["last_input_error"] == "step 8 < width 3 x 3 bytes for rgb8"
-    assert inputs(stats, control={**MOVING, "fault": "bad_command"}).level == ERROR
+    rejected = inputs(stats, control={**MOVING, "command": None,
+                                      "last_input_error": "command rejected: empty instruction"})
+    assert rejected.level == WARN and "command rejected" in rejected.message
     stale = inputs(stats, control={**MOVING, "stop_reason": "image_stale",
                                    "last_stop_reason": "image_stale"})
     assert stale.level == ERROR and stale.message == "images stale"

@@ -142,6 +142,8 @@ def test_use_sim_time_drives_the_control_timer(tmp_path):
         twists = probe.twists_since(t0 + 1.0)
         rate = len(twists) / 2.0
         assert 25 <= rate <= 60, rate
+        # /clock is paused again: SIGINT must still stop the node, with zeros and exit 0.
+        assert stop_process(proc) == 0, log.read_text()[-2000:]
     finally:
         probe.close()
         stop_process(proc)

@@ -100,7 +100,7 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
                    "rejected_commands": str(c["rejected_commands"]),
                    "command": control.get("command") or "", "last_input_error":
                    control.get("last_input_error", "")})
-    if control.get("fault") in ("bad_image", "bad_command"):
+    if control.get("fault") == "bad_image":
         level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
     elif c["frames_received"] == 0:
         level, msg = ERROR, "no data yet"
@@ -109,7 +109,8 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
     elif rate < cfg.input_rate_warn_hz:
         level, msg = WARN, f"image rate {rate:.2f} Hz < {cfg.input_rate_warn_hz} Hz"
     elif not control.get("command"):
-        level, msg = WARN, "no command"
+        error = control.get("last_input_error", "")
+        level, msg = WARN, (error if error.startswith("command rejected") else "no command")
     else:
         level, msg = OK, f"images at {rate:.1f} Hz"
     return Status(name, level, msg, hw, values)

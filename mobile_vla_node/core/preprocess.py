@@ -100,3 +100,13 @@ def decode_message(msg) -> np.ndarray:
         return decode_compressed(msg.format, msg.data)
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
                       bool(msg.is_bigendian))
+
+
+def validate_message(msg) -> None:
+    """Cheap checks of an Image/CompressedImage message before any decoding (raises ImageError)."""
+    if hasattr(msg, "format"):
+        if not 0 < len(msg.data) <= MAX_COMPRESSED_BYTES:
+            raise ImageError(f"compressed image of {len(msg.data)} bytes "
+                             f"(limit {MAX_COMPRESSED_BYTES})")
+        return
+    check_raw(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))

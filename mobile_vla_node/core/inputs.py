@@ -1,0 +1,87 @@
+"""Input rules shared by the node and offline replay, so the two cannot drift apart.
+
+What a camera frame, a command, an enable flag and an inference result do to the runtime and
+the control loop, and what gets counted. No threads and no clocks: the caller passes times and,
+in the node, holds its lock around these calls (never around `PolicyRuntime.step`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..model.tokenizer import CommandError
+from .control import ChunkMeta, ControlLoop
+from .preprocess import ImageError, validate_message
+from .runtime import PolicyRuntime, StepResult
+
+
+class InputRules:
+    """Applies inputs to a `PolicyRuntime` and a `ControlLoop`; counts into ``counters``."""
+
+    def __init__(self, runtime: PolicyRuntime, control: ControlLoop,
+                 counters: Counter | None = None):
+        self.runtime = runtime
+        self.control = control
+        self.counters = counters if counters is not None else Counter()
+        self.last_input_error = ""
+        self.last_error = ""
+
+    def command(self, text: str) -> str:
+        """Apply an instruction: "unchanged" (same text: history kept), "accepted" or "rejected".
+
+        A rejected command clears the current one, so the robot stops ("no_command") until a
+        good command arrives; it does not touch an unrelated image or inference fault.
+        """
+        if text.strip() == (self.runtime.command or ""):
+            return "unchanged"
+        try:
+            self.runtime.set_command(text)
+        except CommandError as exc:
+            self.runtime.clear_command()
+            self.control.on_command(False)
+            self.counters["rejected_commands"] += 1
+            self.last_input_error = f"command rejected: {exc}"
+            return "rejected"
+        self.control.on_command(True)
+        return "accepted"
+
+    def enable(self, enabled: bool) -> None:
+        """Enable, or e-stop on false."""
+        self.control.set_enabled(enabled)
+
+    def receive_image(self, msg, now: float) -> bool:
+        """Validate a frame cheaply at receipt; a good one refreshes the image clock."""
+        try:
+            validate_message(msg)
+        except ImageError as exc:
+            self.bad_image(exc)
+            return False
+        self.counters["frames_received"] += 1
+        self.control.on_image(now)
+        return True
+
+    def bad_image(self, exc: Exception) -> None:
+        """A malformed frame: counted, and the robot stops until a frame is processed again."""
+        self.counters["malformed_images"] += 1
+        self.control.fault = "bad_image"
+        self.last_input_error = str(exc)
+
+    def inference_failed(self, exc: Exception) -> None:
+        """The backend raised: counted, and the robot stops until a step succeeds."""
+        self.counters["inference_errors"] += 1
+        self.control.fault = "inference_error"
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def step_done(self, result: StepResult | None, now: float, meta: ChunkMeta) -> bool:
+        """Hand a finished step's chunk to the control loop; False if it was discarded."""
+        if result is None:
+            self.counters["discarded_steps"] += 1
+            return False
+        if not np.all(np.isfinite(result.velocities)):
+            self.counters["non_finite_actions"] += 1  # the finite gate stops on it
+        self.control.fault = None
+        self.counters["steps"] += 1
+        self.control.on_chunk(result.velocities, now, meta)
+        return True
