@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -39,15 +38,10 @@ def start_node(params: dict | None = None, extra_args=(), log_path: Path | None 
 
 
 def stop_process(proc, timeout: float = 10.0) -> int:
-    """SIGINT, then kill if needed; return the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    """SIGINT (zeros, then exit), kill if it hangs; return the exit code."""
+    from mobile_vla_node.tools.ros_env import stop_node
+
+    return stop_node(proc, timeout)
 
 
 def rgb_image_msg(frame: np.ndarray, stamp, encoding: str = "rgb8"):

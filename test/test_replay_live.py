@@ -25,6 +25,7 @@ import pytest
 from mobile_vla_node.core.config import NodeConfig
 from mobile_vla_node.tools import bagio
 from mobile_vla_node.tools.replay import make_sample, run_eval
+from mobile_vla_node.tools.ros_env import stop_node
 
 try:
     import rclpy  # noqa: F401
@@ -48,13 +49,7 @@ def ros_env() -> dict:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    stop_node(proc, timeout)
 
 
 def recorded(path) -> dict:

@@ -42,3 +42,18 @@ def loopback_env(domain: int | str = 77, apply: bool = True) -> dict:
         for key in keys:
             os.environ[key] = env[key]
     return env
+
+
+def stop_node(proc, timeout: float = 10.0) -> int:
+    """Stop a node process like Ctrl-C does (it publishes zeros first); kill it if it hangs."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
