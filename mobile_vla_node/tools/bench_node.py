@@ -1,0 +1,298 @@
+"""`vla_bench --mode node`: the real node in its own process, fed over DDS by this process.
+
+The node (``python -m mobile_vla_node.node``) runs with the chosen backend (``null`` for overhead
+alone) and receives 640x480 rgb8 ``sensor_msgs/Image`` at a fixed rate from a publisher here. Two
+sources of figures, kept apart in the output:
+
+* the node's own ``~/step_timing`` per step: transport (image stamp -> node callback), preprocess
+  (decode + resize), inference, end-to-end (stamp -> first Twist using that step). Here
+  ``overhead = transport + preprocess`` per step and ``scheduling = end_to_end - transport -
+  preprocess - inference`` (worker wake-up plus the wait for the next control tick, which alone is
+  uniform in [0, period), mean period/2);
+* control-timer jitter twice: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its timer
+  callback start times, from /diagnostics); ``twist_arrival`` is |interval - period| of /cmd_vel
+  arrivals at this process, which adds DDS delivery and this process's executor (an upper bound of
+  what a subscriber sees).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench_report import PROMPT as COMMAND
+from .bench_report import summarize, vm_hwm_mb
+from .ros_env import loopback_env, stop_node
+
+WIDTH, HEIGHT = 640, 480
+N_FRAMES = 4
+DIAG_PERIOD_S = 0.25
+TIMING_TOPIC = "/vla_node/step_timing"
+INFERENCE_STATUS = "vla_node: inference"
+CONTROL_STATUS = "vla_node: control"
+INPUTS_STATUS = "vla_node: inputs"
+
+
+def node_params(job: dict, rate_hz: float, window: int) -> dict:
+    """The node's ``-p`` parameters for one run."""
+    params = {"backend": job["backend"], "model_preset": job["preset"],
+              "device": job["device"], "precision": job["precision"],
+              "control_rate_hz": float(rate_hz), "diagnostics_period_s": DIAG_PERIOD_S,
+              "latency_window": int(window), "warmup_iters": 1}
+    if job.get("model_path"):
+        params["model_path"] = job["model_path"]
+    if job["device"].startswith("cuda"):
+        params["providers"] = "[CUDAExecutionProvider,CPUExecutionProvider]"
+        params["allow_provider_fallback"] = True
+    params.update(job.get("extra_params") or {})
+    return params
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the node when the bench process dies (runs in the child)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_node(params: dict, log_path: Path, env: dict) -> subprocess.Popen:
+    """Start ``python -m mobile_vla_node.node --ros-args -p name:=value ...``."""
+    args = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args"]
+    for name, value in params.items():
+        value = str(value).lower() if isinstance(value, bool) else value
+        args += ["-p", f"{name}:={value}"]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+class Driver:
+    """The bench process's rclpy side: image/command publishers and output recorders."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import Twist
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import (
+            DurabilityPolicy,
+            HistoryPolicy,
+            QoSProfile,
+            ReliabilityPolicy,
+        )
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64MultiArray, String
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("vla_bench_driver", context=self.context)
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.command_pub = self.node.create_publisher(String, "/vla/command", QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.lock = threading.Lock()
+        self.twists: list[float] = []
+        self.timings: list[tuple[float, list]] = []
+        self.diags: list[tuple[float, dict]] = []
+        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, 100)
+        self.node.create_subscription(Float64MultiArray, TIMING_TOPIC, self._on_timing, 100)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context was shut down while spinning
+                return
+
+    def _on_twist(self, msg) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.twists.append(now)
+
+    def _on_timing(self, msg) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.timings.append((now, list(msg.data)))
+
+    def _on_diag(self, msg) -> None:
+        now = time.perf_counter()
+        statuses = {s.name: {kv.key: kv.value for kv in s.values} | {"_message": s.message}
+                    for s in msg.status}
+        with self.lock:
+            self.diags.append((now, statuses))
+
+    def image_messages(self, rng: np.random.Generator) -> list:
+        """A few distinct 640x480 rgb8 frames, built once (only the stamp changes per send)."""
+        from sensor_msgs.msg import Image
+
+        msgs = []
+        for _ in range(N_FRAMES):
+            msg = Image()
+            msg.height, msg.width, msg.encoding, msg.step = HEIGHT, WIDTH, "rgb8", WIDTH * 3
+            msg.data = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8).tobytes()
+            msgs.append(msg)
+        return msgs
+
+    def latest_diag(self, before: float | None = None) -> dict:
+        """Newest diagnostics (received before ``before``, perf_counter) or {}."""
+        with self.lock:
+            rows = [d for t, d in self.diags if before is None or t <= before]
+        return rows[-1] if rows else {}
+
+    def wait_for(self, predicate, timeout: float, proc=None, what: str = "") -> None:
+        """Poll until ``predicate()``; raise naming ``what`` on timeout or node exit."""
+        end = time.monotonic() + timeout
+        while not predicate():
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the node exited (code {proc.returncode}) while waiting "
+                                   f"for {what}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"no {what} within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Shut this process's ROS context down."""
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+
+def _num(values: dict, key: str) -> float | None:
+    try:
+        return float(values[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def publish_frames(driver: Driver, msgs: list, rate_hz: float, total: int, warmup: int):
+    """Publish ``total`` frames at ``rate_hz`` with absolute deadlines; return (t_start, t_end)."""
+    period = 1.0 / rate_hz
+    t_start = None
+    deadline = time.perf_counter()
+    for i in range(total):
+        msg = msgs[i % len(msgs)]
+        msg.header.stamp = driver.node.get_clock().now().to_msg()
+        driver.image_pub.publish(msg)
+        if i == warmup:
+            t_start = time.perf_counter()
+        deadline += period
+        time.sleep(max(0.0, deadline - time.perf_counter()))
+    return t_start, time.perf_counter()
+
+
+def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dict:
+    """Per-step stages, both jitter figures and the node's own counters for [t_start, t_end]."""
+    period_ms = 1e3 / rate_hz
+    with driver.lock:
+        timings = [d for t, d in driver.timings if t_start <= t <= t_end + 0.5]
+        twists = [t for t in driver.twists if t_start <= t <= t_end]
+    arr = np.array(timings, np.float64).reshape(-1, 4)
+    transport, preprocess, inference, e2e = (arr[:, i] for i in range(4))
+    stages = {"transport": transport, "preprocess": preprocess, "inference": inference,
+              "scheduling": e2e - transport - preprocess - inference,
+              "overhead": transport + preprocess, "worker": preprocess + inference,
+              "end_to_end": e2e}
+    intervals = np.diff(np.array(twists)) * 1e3
+    diag = driver.latest_diag(before=t_end + DIAG_PERIOD_S)
+    control = diag.get(CONTROL_STATUS, {})
+    inference_values = diag.get(INFERENCE_STATUS, {})
+    inputs = diag.get(INPUTS_STATUS, {})
+    return {
+        "steps": int(arr.shape[0]),
+        "stages_ms": {k: summarize(v) for k, v in stages.items()},
+        "samples_ms": {k: [float(x) for x in v] for k, v in stages.items()},
+        "tick_wait_expected_mean_ms": period_ms / 2,
+        "jitter": {
+            "node_diagnostics": {
+                "source": "node /diagnostics (its control-timer callback times)",
+                "jitter_p99_ms": _num(control, "jitter_p99_ms"),
+                "jitter_max_ms": _num(control, "jitter_max_ms"),
+                "deadline_misses": _num(control, "deadline_misses"),
+                "control_rate_hz": _num(control, "control_rate_hz")},
+            "twist_arrival": {
+                "source": "/cmd_vel arrival times at the bench process (DDS + its executor)",
+                "deviation_ms": summarize(np.abs(intervals - period_ms)),
+                "interval_ms": summarize(intervals),
+                "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
+                "twists": len(twists)}},
+        "node_counters": {k: _num(inputs, k) for k in ("frames_received", "frames_dropped",
+                                                       "image_rate_hz")},
+        "backend_info": {k: inference_values.get(k) for k in ("backend", "device", "precision",
+                                                               "provider", "model")},
+        "backend_warnings": inference_values.get("backend_warnings", ""),
+    }
+
+
+def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
+             startup_timeout: float = 300.0) -> dict:
+    """Start the node, feed ``warmup + iters`` frames, collect its figures, stop it."""
+    import psutil
+
+    duration = job["iters"] / image_rate_hz
+    window = max(10, int(duration * rate_hz))
+    params = node_params(job, rate_hz, window)
+    # Loopback DDS and the shipped large-image Fast DDS profile, for the node and (applied to
+    # os.environ before rclpy.init) this process; variables the user set win. Domain 1..100
+    # stays clear of Linux ephemeral ports.
+    env = loopback_env(1 + os.getpid() % 100)
+    log_path = workdir / f"node_{job['backend']}_{rate_hz:g}hz.log"
+    proc = start_node(params, log_path, env)
+    driver = Driver()
+    try:
+        t0 = time.perf_counter()
+        driver.wait_for(lambda: INFERENCE_STATUS in driver.latest_diag(), startup_timeout, proc,
+                        "diagnostics from the node (backend load + warm-up)")
+        startup_s = time.perf_counter() - t0
+        from std_msgs.msg import String
+
+        driver.command_pub.publish(String(data=COMMAND))
+        driver.wait_for(lambda: driver.latest_diag().get(INPUTS_STATUS, {}).get("command")
+                        == COMMAND, 10.0, proc, "the command to reach the node")
+        msgs = driver.image_messages(np.random.default_rng(job["seed"]))
+        node_proc = psutil.Process(proc.pid)
+        cpu0 = node_proc.cpu_times()
+        t_start, t_end = publish_frames(driver, msgs, image_rate_hz,
+                                        job["warmup"] + job["iters"], job["warmup"])
+        cpu1 = node_proc.cpu_times()
+        time.sleep(2 * DIAG_PERIOD_S + 0.2)
+        result = analyse(driver, t_start, t_end, rate_hz)
+        busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        received = result["node_counters"]["frames_received"]
+        result.update({
+            "delivered_fraction": (received / (job["warmup"] + job["iters"])
+                                   if received is not None else None),
+            "control_rate_hz": rate_hz, "image_rate_hz": image_rate_hz,
+            "frames_sent": job["warmup"] + job["iters"], "measured_s": t_end - t_start,
+            "node_startup_s": startup_s, "node_params": params,
+            "ros_domain_id": env["ROS_DOMAIN_ID"],
+            "dds_profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE") or "none (Fast DDS defaults)",
+            "node_cpu_percent_of_one_core": 100.0 * busy / max(t_end - t_start, 1e-9),
+            "node_peak_rss_mb": vm_hwm_mb(proc.pid), "node_log": str(log_path)})
+        if result["steps"] == 0:
+            raise RuntimeError(f"the node produced no step timings in {t_end - t_start:.1f} s; "
+                               f"see {log_path}")
+        return result
+    except Exception as exc:
+        tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+        raise RuntimeError(f"node mode ({job['backend']}, {rate_hz:g} Hz): {exc}\n--- node log "
+                           f"tail ---\n{tail}") from exc
+    finally:
+        driver.close()
+        stop_node(proc, timeout=15.0)

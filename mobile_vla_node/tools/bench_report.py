@@ -1,0 +1,198 @@
+"""Statistics, environment block, Markdown tables and PNG plots for `vla_bench`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+# The instruction every mode runs with (model, pipeline and the node's /vla/command).
+PROMPT = "go to the red box"
+# Environment variables that change what is measured (threads, DDS transport).
+ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RMW_IMPLEMENTATION",
+            "ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+            "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
+            "FASTDDS_BUILTIN_TRANSPORTS", "RMW_FASTRTPS_PUBLICATION_MODE")
+LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "numpy",
+             "onnx", "pillow", "opencv-python-headless", "psutil", "nvidia-ml-py", "rclpy",
+             "ros-rclpy", "ros-rmw-fastrtps-cpp")
+
+
+def summarize(samples) -> dict:
+    """mean, std, min, p50, p90, p99, max and count of millisecond samples (empty: count 0)."""
+    data = np.asarray([s for s in samples if s is not None and np.isfinite(s)], np.float64)
+    if data.size == 0:
+        return {"count": 0}
+    p50, p90, p99 = np.percentile(data, (50, 90, 99))
+    return {"mean": float(data.mean()), "std": float(data.std()), "min": float(data.min()),
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(data.max()),
+            "count": int(data.size)}
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """Peak resident set (``VmHWM``) of a live process in MB; None where /proc has none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu() -> dict:
+    """GPU name, driver and CUDA as torch and nvidia-smi see them (without starting CUDA work)."""
+    out: dict = {"gpu": None, "driver": None, "cuda_runtime": None}
+    try:
+        import torch
+
+        out["cuda_runtime"] = torch.version.cuda
+        if torch.cuda.is_available():
+            out["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        if smi.returncode == 0 and smi.stdout.strip():
+            rows = [r.split(", ") for r in smi.stdout.strip().splitlines()]
+            out["gpu"] = out["gpu"] or [r[0] for r in rows]
+            out["driver"] = rows[0][1] if len(rows[0]) > 1 else None
+    except (OSError, subprocess.TimeoutExpired):
+        out["nvidia_smi"] = "not found"
+    return out
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def environment(argv: list[str]) -> dict:
+    """Machine, libraries and the command line, for the JSON's environment block."""
+    import psutil
+
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        providers = "n/a: onnxruntime not importable"
+    return {
+        "hostname": socket.gethostname(), "date_utc": datetime.now(timezone.utc).isoformat(),
+        "command": " ".join(shlex.quote(a) for a in ["vla_bench", *argv]),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "loadavg_1_5_15": list(os.getloadavg()),
+        **_gpu(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "ort_providers": providers, "git_commit": _git_commit(),
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+    }
+
+
+def fmt(value, digits: int = 2) -> str:
+    """A table cell: numbers rounded, None/strings passed through."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        if value != 0 and (abs(value) < 0.1 or abs(value) >= 1e5):
+            return f"{value:.3g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_cdf(path: Path, series: dict, title: str) -> None:
+    """Latency CDF, one line per label -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, samples in series.items():
+        data = np.sort(np.asarray([s for s in samples if np.isfinite(s)], np.float64))
+        if data.size:
+            ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=label)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of steps <= latency")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_stages(path: Path, breakdown: dict, title: str) -> None:
+    """Stacked bars of per-stage mean ms; ``breakdown`` is {label: {stage: mean_ms}} -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(breakdown)
+    stages = list(dict.fromkeys(s for v in breakdown.values() for s in v))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4.5))
+    bottom = np.zeros(len(labels))
+    for stage in stages:
+        values = np.array([max(breakdown[lb].get(stage) or 0.0, 0.0) for lb in labels])
+        ax.bar(labels, values, bottom=bottom, label=stage)
+        bottom += values
+    ax.set_ylabel("mean ms per step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=8, rotation=15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

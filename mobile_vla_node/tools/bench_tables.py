@@ -1,0 +1,220 @@
+"""`vla_bench` report rendering: Markdown tables (backends side by side) and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bench_report import fmt, markdown_table, plot_cdf, plot_stages
+
+PIPELINE_STAGES = ("decode", "preprocess", "inference", "postprocess")
+NODE_STAGES = ("transport", "preprocess", "inference", "scheduling")
+# Targets (benchmarked, not tested): node overhead for 640x480 rgb8, control jitter at 50 Hz.
+OVERHEAD_TARGET_MS = 2.0
+JITTER_TARGET_MS = 1.0
+
+
+def _pp(stats: dict, keys=("p50", "p99")) -> str:
+    if not stats or not stats.get("count"):
+        return "n/a"
+    return " / ".join(fmt(stats.get(k)) for k in keys)
+
+
+def _model_label(report: dict) -> str:
+    return f"{report['preset']} ({report['parameters']:,} params)"
+
+
+def _device_label(report: dict) -> str:
+    kinds = report["devices"]
+    if report.get("mixed_devices"):
+        return "MIXED-DEVICE (" + ", ".join(f"{n}={k}" for n, k in kinds.items()
+                                            if n != "null") + ")"
+    return next((k for n, k in kinds.items() if n != "null"), kinds.get("null", "n/a"))
+
+
+def _memory(mem: dict) -> str:
+    for key in ("torch_max_allocated_mb", "nvml_process_used_mb"):
+        value = mem.get(key)
+        if isinstance(value, (int, float)):
+            return f"{value:.0f} ({key.split('_')[0]})"
+    reason = str(mem.get("torch_max_allocated_mb", "n/a"))
+    if reason.startswith("n/a: backend runs on "):
+        return f"n/a ({reason.split(' on ', 1)[1].split(' ')[0]})"
+    return reason
+
+
+def _common_rows(report: dict, names: list[str]) -> list[list]:
+    b = report["backends"]
+    rows = [["provider / precision"] + [f"{b[n]['info']['provider']} / "
+                                        f"{b[n]['info']['precision']}" for n in names],
+            ["actual device (BackendInfo)"] + [b[n]["info"]["device"] for n in names]]
+    if report["mode"] == "node":
+        return rows
+    export = report.get("export", {})
+    build = {"onnx": export.get("onnx", {}).get("seconds"),
+             "tensorrt": export.get("tensorrt", {}).get("seconds")}
+    rows += [["load (s)"] + [b[n]["load_s"] for n in names],
+             ["export / engine build (s)"] + [build.get(n) for n in names],
+             ["first inference, cold (ms)"] + [b[n]["first_inference_ms"] for n in names],
+             ["peak host RSS (MB)"] + [b[n]["memory"]["rss_peak_mb"] for n in names],
+             ["peak device memory (MB)"] + [_memory(b[n]["memory"]) for n in names]]
+    parity = report.get("parity") or {}
+    if parity:
+        def cell(n: str, out: str) -> str:
+            p = parity.get(n)
+            if not p:
+                return "reference" if n == "torch" else "n/a"
+            o = p["outputs"][out]
+            return (f"{fmt(o['max_abs'])} / {fmt(o['mean_abs'])} "
+                    f"{'PASS' if o['passed'] else 'FAIL'} (atol {o['atol']:g})")
+        rows += [["parity actions max / mean abs"] + [cell(n, "actions") for n in names],
+                 ["parity feature max / mean abs"] + [cell(n, "feature") for n in names]]
+    return rows
+
+
+def _mode_rows(report: dict, names: list[str]) -> list[list]:
+    b = report["backends"]
+    rows = []
+    if report["mode"] == "model":
+        lat = {n: b[n]["model"]["latency_ms"] for n in names}
+        rows += [["step mean ± std (ms)"] + [f"{fmt(lat[n]['mean'])} ± {fmt(lat[n]['std'])}"
+                                              for n in names],
+                 ["step p50 / p90 / p99 / max (ms)"] + [_pp(lat[n], ("p50", "p90", "p99", "max"))
+                                                         for n in names],
+                 ["throughput (steps/s)"] + [b[n]["model"]["throughput_steps_s"] for n in names]]
+    elif report["mode"] == "pipeline":
+        for res in next(iter(b.values()))["pipeline"]:
+            stages = {n: b[n]["pipeline"][res]["stages_ms"] for n in names}
+            for stage in (*PIPELINE_STAGES, "total"):
+                rows.append([f"{res} {stage} p50 / p99 (ms)"] + [_pp(stages[n][stage])
+                                                                 for n in names])
+            rows.append([f"{res} throughput (frames/s)"] + [
+                b[n]["pipeline"][res]["throughput_steps_s"] for n in names])
+    else:
+        for rate in next(iter(b.values()))["node"]:
+            run = {n: b[n]["node"][rate] for n in names}
+            for stage in (*NODE_STAGES, "overhead", "end_to_end"):
+                rows.append([f"{rate} Hz {stage} p50 / p99 (ms)"] + [
+                    _pp(run[n]["stages_ms"][stage]) for n in names])
+            rows += [
+                [f"{rate} Hz jitter p99 (node /diagnostics) (ms)"] + [
+                    run[n]["jitter"]["node_diagnostics"]["jitter_p99_ms"] for n in names],
+                [f"{rate} Hz jitter p50 / p99 (Twist arrival at bench) (ms)"] + [
+                    _pp(run[n]["jitter"]["twist_arrival"]["deviation_ms"]) for n in names],
+                [f"{rate} Hz deadline misses (node diag / Twist >1.5 periods)"] + [
+                    f"{fmt(run[n]['jitter']['node_diagnostics']['deadline_misses'])} / "
+                    f"{run[n]['jitter']['twist_arrival']['misses_over_1_5_periods']}"
+                    for n in names],
+                [f"{rate} Hz frames sent / received by node / dropped by node / steps"] + [
+                    f"{run[n]['frames_sent']} / {fmt(run[n]['node_counters']['frames_received'])}"
+                    f" / {fmt(run[n]['node_counters']['frames_dropped'])} / {run[n]['steps']}"
+                    for n in names],
+                [f"{rate} Hz frames delivered by DDS (received / sent)"] + [
+                    run[n]["delivered_fraction"] for n in names],
+                [f"{rate} Hz node CPU (% of one core)"] + [
+                    run[n]["node_cpu_percent_of_one_core"] for n in names],
+                [f"{rate} Hz node peak RSS (MB)"] + [run[n]["node_peak_rss_mb"] for n in names]]
+    return rows
+
+
+def _budget_rows(report: dict) -> list[list]:
+    rows = []
+    for label, rates in report["control_budget"].items():
+        cells = [f"{fmt(100 * v['p99_share'], 1)}% / miss {fmt(100 * v['deadline_miss_rate'], 1)}%"
+                 if v["deadline_miss_rate"] is not None else "n/a" for v in rates.values()]
+        rows.append([label] + cells)
+    return rows
+
+
+def _limit_rows(report: dict) -> list[list]:
+    rows = []
+    for name, lim in report["limits"]["per_backend"].items():
+        for r in lim["rows"]:
+            rows.append([name, r["spec"], lim["precision"], r["bandwidth_gbs"], r["tflops"],
+                         r["bytes"] / 1e6, r["flops"] / 1e9, r["memory_ms"], r["compute_ms"],
+                         r["bound_ms"], r.get("measured_p50_ms"), r.get("measured_over_limit"),
+                         _model_label(report), _device_label(report)])
+    return rows
+
+
+def target_rows(report: dict) -> list[list]:
+    """Node mode: the overhead and jitter targets, met or not, per backend and rate."""
+    rows = []
+    for name, res in report["backends"].items():
+        for rate, run in res["node"].items():
+            over = run["stages_ms"]["overhead"].get("p99")
+            diag = run["jitter"]["node_diagnostics"]["jitter_p99_ms"]
+            twist = run["jitter"]["twist_arrival"]["deviation_ms"].get("p99")
+            rows.append([name, rate, f"{fmt(over)} ({_met(over, OVERHEAD_TARGET_MS)})",
+                         f"{fmt(diag)} ({_met(diag, JITTER_TARGET_MS)})",
+                         f"{fmt(twist)} ({_met(twist, JITTER_TARGET_MS)})",
+                         _model_label(report), _device_label(report)])
+    return rows
+
+
+def _met(value, target: float) -> str:
+    return "n/a" if value is None else ("met" if value <= target else "NOT met")
+
+
+def markdown_report(report: dict) -> str:
+    """The stdout report: main table, control budget, physical limits (and node targets)."""
+    names = list(report["backends"])
+    env = report["environment"]
+    model, device = _model_label(report), _device_label(report)
+    mark = " MIXED-DEVICE" if report.get("mixed_devices") else ""
+    out = [f"## vla_bench --mode {report['mode']}: {model}, {report['precision']}, requested "
+           f"device {report['requested_device']}{mark}",
+           f"{env['cpu_model']}, {env['logical_cpus']} CPUs, {env['ram_gb']} GB RAM, GPU "
+           f"{env.get('gpu') or 'none'}; {env['hostname']}, {env['date_utc']}; load average "
+           f"{env['loadavg_1_5_15'][0]:.2f} at start, {env['loadavg_end'][0]:.2f} at end; "
+           f"iters {report['iters']}, warmup {report['warmup']}", ""]
+    rows = [r + [model, device] for r in _common_rows(report, names)
+            + _mode_rows(report, names)]
+    out.append(markdown_table(["metric", *names, "model", "device"], rows))
+    rates = [f"{r:g} Hz" for r in report["control_rates_hz"]]
+    out += ["", "Control budget: p99 step as a share of the control period / fraction of steps "
+                "longer than the period", ""]
+    out.append(markdown_table(["series", *rates, "model", "device"],
+                              [r + [model, device] for r in _budget_rows(report)]))
+    if report["limits"]["per_backend"]:
+        lim = report["limits"]
+        out += ["", f"Physical lower bound per step = max(bytes / bandwidth, FLOPs / peak): "
+                    f"{lim['flops_per_step'] / 1e9:.3f} GFLOP over {lim['text_tokens']} text "
+                    f"tokens (prompt {lim['prompt_len']} ids)", ""]
+        out.append(markdown_table(
+            ["backend", "spec", "precision", "GB/s", "TFLOPS", "MB/step", "GFLOP/step",
+             "memory ms", "compute ms", "bound ms", "measured p50 ms", "measured/bound",
+             "model", "ran on"], _limit_rows(report)))
+    if report["mode"] == "node":
+        out += ["", f"Targets: node overhead (transport + preprocess) p99 <= "
+                    f"{OVERHEAD_TARGET_MS:g} ms; control jitter p99 <= {JITTER_TARGET_MS:g} ms",
+                ""]
+        out.append(markdown_table(["backend", "rate Hz", "overhead p99 ms",
+                                   "jitter p99 ms (node diag)", "jitter p99 ms (Twist arrival)",
+                                   "model", "device"], target_rows(report)))
+    return "\n".join(out)
+
+
+def write_plots(folder: Path, report: dict) -> list[str]:
+    """Latency CDF per backend; per-stage breakdown for pipeline/node modes. Returns paths."""
+    from .bench_analysis import step_series
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mode, title = report["mode"], f"{_model_label(report)} on {_device_label(report)}"
+    series: dict = {}
+    breakdown: dict = {}
+    for name, res in report["backends"].items():
+        series.update(step_series(name, res, mode))
+        if mode == "pipeline":
+            for r, v in res["pipeline"].items():
+                breakdown[f"{name} {r}"] = {s: v["stages_ms"][s].get("mean")
+                                            for s in PIPELINE_STAGES}
+        elif mode == "node":
+            for r, v in res["node"].items():
+                breakdown[f"{name} {r} Hz"] = {s: v["stages_ms"][s].get("mean")
+                                               for s in NODE_STAGES}
+    paths = [folder / f"latency_cdf_{mode}.png"]
+    plot_cdf(paths[0], series, f"vla_bench {mode}: {title}")
+    if breakdown:
+        paths.append(folder / f"stages_{mode}.png")
+        plot_stages(paths[1], breakdown, f"vla_bench {mode} per-stage mean: {title}")
+    return [str(p) for p in paths]
