@@ -66,7 +66,8 @@ class BackendConfig:
                                                  "missing (diagnostics then WARN)")
     graph_optimization_level: str = param("all", "ONNX Runtime graph optimization",
                                           choices=("disable", "basic", "extended", "all"))
-    intra_op_threads: int = param(0, "ONNX Runtime intra-op threads (0: runtime default)", 0, 256)
+    intra_op_threads: int = param(0, "intra-op threads of torch / ONNX Runtime (0: their default)",
+                                  0, 256)
     engine_rebuild: str = param("never", "rebuild a mismatched TensorRT engine", choices=("never",
                                                                                           "auto"))
     cuda_graph: bool = param(False, "capture the TensorRT step in a CUDA graph")

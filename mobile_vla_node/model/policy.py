@@ -20,9 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class MLPTanhHead(nn.Module):
     """RoboVLMs' MLPTanhHead: ReLU MLP with a tanh output in [-1, 1]."""

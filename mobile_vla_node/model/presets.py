@@ -7,7 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .policy import CLIP_MEAN, CLIP_STD
+# CLIP image statistics (Kosmos-2's processor); here so reading a config never imports torch.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 DEFAULT_PROMPT = "<grounding>An image of a robot {instruction}"
 DEMO_POLICY_DIR = Path(__file__).resolve().parent / "demo_policy"
