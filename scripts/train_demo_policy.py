@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -45,8 +46,9 @@ MAX_ANGULAR = 1.0  # the node's default max_angular
 TRAIN_SEED_OFFSET = 1000  # training scene generators use seeds far from evaluate()'s 12345
 MAX_WEIGHTS_BYTES = 2 * 1024 * 1024
 EVAL_SEED = 12345  # synthetic.evaluate's default
-import os
-VISION_PREFIXES = tuple(os.environ.get("VP", "backbone.vision_model.,backbone.image_to_text_projection.").split(","))
+# Parameter prefixes trained at the vision learning-rate scale (VP overrides, for experiments).
+VISION_PREFIXES = tuple(os.environ.get(
+    "VP", "backbone.vision_model.,backbone.image_to_text_projection.").split(","))
 
 
 def scale(config) -> np.ndarray:
