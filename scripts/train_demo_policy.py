@@ -11,11 +11,12 @@ Targets are normalized actions: ``[linear_x / max_linear, linear_y / max_linear,
 max_angular]`` with max_linear 0.5 (the preset) and max_angular 1.0 (the node's default).
 
 What makes a 64-wide Kosmos-2 learn this in a few CPU minutes (see `init_for_training`): a
-re-scaled init of the text side, the image-to-text projection and the LSTM head, and a frozen
-vision tower whose random features already encode where each coloured box is (a linear probe of
-the image embeddings recovers a box's x and size with R^2 ~0.7-0.9), so training only teaches
-the text model and head to read the named box out of them. Training the vision tower as well
-(--vision-lr-scale) was slower to converge and not better within this budget.
+re-scaled init of the text side, the image-to-text resampler and the LSTM head, larger vision
+position embeddings, and a frozen vision tower (ViT) whose random features already encode where
+each coloured box is (a linear probe of the resampled image embeddings at init recovers a box's
+x and size with R^2 ~0.7-0.9); the resampler, text model and head learn to read the named box
+out of them. Training the ViT as well (--vision-lr-scale) converged more slowly in this budget.
+Half the batches are mirrored left-right (the "go to" turn negated).
 
     .venv/bin/python scripts/train_demo_policy.py      # ~5 minutes on 2 idle CPU cores
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -46,9 +46,7 @@ MAX_ANGULAR = 1.0  # the node's default max_angular
 TRAIN_SEED_OFFSET = 1000  # training scene generators use seeds far from evaluate()'s 12345
 MAX_WEIGHTS_BYTES = 2 * 1024 * 1024
 EVAL_SEED = 12345  # synthetic.evaluate's default
-# Parameter prefixes trained at the vision learning-rate scale (VP overrides, for experiments).
-VISION_PREFIXES = tuple(os.environ.get(
-    "VP", "backbone.vision_model.,backbone.image_to_text_projection.").split(","))
+VISION_PREFIX = "backbone.vision_model."  # the ViT; the image-to-text resampler trains
 
 
 def scale(config) -> np.ndarray:
@@ -206,12 +204,13 @@ def train(model: MobileVLAPolicy, data: dict, steps: int, lr: float, batch_size:
           vision_lr_scale: float, seed: int, log_every: int, t0: float) -> None:
     """AdamW with warm-up and cosine decay, MSE on normalized actions, half the batches mirrored.
 
-    The vision tower and image-to-text projection train at ``lr * vision_lr_scale`` (0: frozen).
+    The vision tower (ViT) trains at ``lr * vision_lr_scale`` (0: frozen); everything else,
+    the image-to-text resampler included, at ``lr``.
     Dropout stays off (eval mode; the policy has no batch norm): with a few thousand steps on
     fresh synthetic scenes it only slows learning down.
     """
     model.eval()
-    vision = [p for n, p in model.named_parameters() if n.startswith(VISION_PREFIXES)]
+    vision = [p for n, p in model.named_parameters() if n.startswith(VISION_PREFIX)]
     seen = {id(p) for p in vision}
     groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": lr}]
     if vision_lr_scale > 0:
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--vision-lr-scale", type=float, default=0.0,
-                        help="vision tower learning rate relative to --lr (0: frozen)")
+                        help="ViT learning rate relative to --lr (0: frozen)")
     parser.add_argument("--eval-n", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)

@@ -23,10 +23,10 @@ from mobile_vla_node.model.presets import DEMO_POLICY_DIR, preset_config
 
 SCALE = np.array([0.5, 0.5, 1.0])  # max_linear (tiny preset), max_linear, node default max_angular
 N_EVAL = 100
-# The shipped policy measured 0.022 m/s|rad/s on these 100 scenes (metrics.json "heldout_100";
-# random weights 0.148, always-zero 0.118). The limit leaves ~1.6x headroom for a retrained
+# The shipped policy measured 0.0114 m/s|rad/s on these 100 scenes (metrics.json "heldout_100";
+# random weights 0.148, always-zero 0.118). The limit leaves ~1.75x headroom for a retrained
 # policy (another torch version or CPU changes the float path) while staying far below both.
-MAE_LIMIT = 0.035
+MAE_LIMIT = 0.02
 
 
 def velocity_fn(model: MobileVLAPolicy, tokenizer, window: int):
@@ -92,7 +92,7 @@ def test_demo_policy_turns_toward_the_named_box(demo):
                    "go to the red box")
     to_blue = infer(synthetic.render(synthetic.Scene("go to the blue box", boxes, 7)),
                     "go to the blue box")
-    assert to_red[2] > 0.15 and to_blue[2] < -0.15, (to_red, to_blue)
+    assert to_red[2] > 0.2 and to_blue[2] < -0.2, (to_red, to_blue)  # target +-0.42
     assert to_red[0] > 0.1 and to_blue[0] > 0.1
 
 
