@@ -88,7 +88,8 @@ def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb") -> np
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     if rgb.shape[:2] != (size, size):
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+        # np.array: a writable copy, so backends can wrap it without another copy.
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
     if channel_order == "bgr":
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb)
