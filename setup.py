@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            f"vla_node = {PACKAGE}.node:main",
+            f"vla_node = {PACKAGE}.ros.node:main",
             f"vla_demo = {PACKAGE}.tools.demo:main",
             f"vla_export = {PACKAGE}.tools.export:main",
             f"vla_replay = {PACKAGE}.tools.replay:main",

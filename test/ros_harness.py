@@ -25,21 +25,17 @@ def ros_env(domain: int | None = None) -> dict:
 
 
 def start_node(params: dict | None = None, extra_args=(), log_path: Path | None = None):
-    """Start ``python -m mobile_vla_node.node`` with ``-p name:=value`` parameters."""
-    args = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args", *extra_args]
-    for name, value in (params or {}).items():
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, (list, tuple)):
-            value = "[" + ",".join(str(v) for v in value) + "]"
-        args += ["-p", f"{name}:={value}"]
+    """Start the node process with ``-p name:=value`` parameters."""
+    from mobile_vla_node.ros.process import node_argv
+
+    args = node_argv(params, extra_args)
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(args, cwd=REPO, env=ros_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop_process(proc, timeout: float = 10.0) -> int:
     """SIGINT (zeros, then exit), kill if it hangs; return the exit code."""
-    from mobile_vla_node.tools.ros_env import stop_node
+    from mobile_vla_node.ros.process import stop_node
 
     return stop_node(proc, timeout)
 

@@ -268,7 +268,7 @@ def test_mixed_devices_are_refused_then_marked(tmp_path, onnx_export):
 
 
 def test_node_mode_null_backend(tmp_path):
-    """Runs with the shipped large-image Fast DDS profile (tools.ros_env) unless one is set."""
+    """Runs with the shipped large-image Fast DDS profile (ros.process) unless one is set."""
     proc, report = run_bench("--backends", "null", "--mode", "node", "--iters", "45",
                              "--warmup", "5", "--image-rate-hz", "30", "--plots",
                              str(tmp_path / "plots"), tmp_path=tmp_path)

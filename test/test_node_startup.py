@@ -74,7 +74,7 @@ def test_launch_description_loads():
     ({"backend": "tensorrt", "model_path": "/tmp/none.engine"}, "tensorrt"),
 ])
 def test_startup_errors_are_one_clear_line(params, expected):
-    args = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args"]
+    args = [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args"]
     for k, v in params.items():
         args += ["-p", f"{k}:={v}"]
     out = subprocess.run(args, cwd=REPO, env=ros_env(), capture_output=True, text=True,

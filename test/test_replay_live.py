@@ -25,7 +25,7 @@ import pytest
 from mobile_vla_node.core.config import NodeConfig
 from mobile_vla_node.tools import bagio
 from mobile_vla_node.tools.replay import make_sample, run_eval
-from mobile_vla_node.tools.ros_env import stop_node
+from mobile_vla_node.ros.process import stop_node
 
 try:
     import rclpy  # noqa: F401
@@ -75,7 +75,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
     rec, rec_loop = tmp_path / "live", tmp_path / "live_loop"
     node_log = open(tmp_path / "node.log", "w")
     node = subprocess.Popen(
-        [sys.executable, "-m", "mobile_vla_node.node", "--ros-args", "-p", "backend:=torch",
+        [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args", "-p", "backend:=torch",
          "-p", "model_preset:=tiny", "-p", "warmup_iters:=1"],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     loop = None

@@ -1,6 +1,6 @@
 """`vla_bench --mode node`: the real node in its own process, fed over DDS by this process.
 
-The node (``python -m mobile_vla_node.node``) runs with the chosen backend (``null`` for overhead
+The node (``python -m mobile_vla_node.ros.node``) runs with the chosen backend (``null`` for overhead
 alone) and receives 640x480 rgb8 ``sensor_msgs/Image`` at a fixed rate from a publisher here. Two
 sources of figures, kept apart in the output:
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from .bench_report import PROMPT as COMMAND
 from .bench_report import summarize, vm_hwm_mb
-from .ros_env import loopback_env, stop_node
+from ..ros.process import loopback_env, stop_node
 
 WIDTH, HEIGHT = 640, 480
 N_FRAMES = 4
@@ -66,8 +66,8 @@ def _die_with_parent() -> None:
 
 
 def start_node(params: dict, log_path: Path, env: dict) -> subprocess.Popen:
-    """Start ``python -m mobile_vla_node.node --ros-args -p name:=value ...``."""
-    args = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args"]
+    """Start ``python -m mobile_vla_node.ros.node --ros-args -p name:=value ...``."""
+    args = [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args"]
     for name, value in params.items():
         value = str(value).lower() if isinstance(value, bool) else value
         args += ["-p", f"{name}:={value}"]

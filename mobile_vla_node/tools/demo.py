@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ros_env import loopback_env
+from ..ros.process import loopback_env
 
 SETTLE_S = 0.6  # ignore this long after each command change when scoring actions
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     args = _parse(argv)
     env = loopback_env()
     log = Path(tempfile.mkdtemp(prefix="vla_demo_")) / "node.log"
-    cmd = [sys.executable, "-m", "mobile_vla_node.node", "--ros-args",
+    cmd = [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args",
            "-p", f"backend:={args.backend}", "-p", f"control_rate_hz:={args.control_rate_hz}"]
     if args.model_path:
         cmd += ["-p", f"model_path:={args.model_path}"]

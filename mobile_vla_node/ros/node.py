@@ -30,14 +30,14 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
-from .backends import BackendError, create_backend
-from .core.config import PARAMETERS, ConfigError, NodeConfig
-from .core.control import ChunkMeta, ControlLoop
-from .core.diagnostics import NodeStats, build_statuses
-from .core.inputs import InputRules
-from .core.preprocess import ImageError, decode_message
-from .core.runtime import PolicyRuntime
-from .model.checkpoint import CheckpointError
+from ..backends import BackendError, create_backend
+from ..core.config import PARAMETERS, ConfigError, NodeConfig
+from ..core.control import ChunkMeta, ControlLoop
+from ..core.diagnostics import NodeStats, build_statuses
+from ..core.inputs import InputRules
+from ..core.preprocess import ImageError, decode_message
+from ..core.runtime import PolicyRuntime
+from ..model.checkpoint import CheckpointError
 
 LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
 CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,

@@ -1,4 +1,4 @@
-"""Environment for the package's own ROS processes: loopback-only DDS and large-image transport."""
+"""Starting the node as its own process (tools and tests): argv, loopback-only DDS, stopping."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ import sys
 from pathlib import Path
 
 PROFILE_NAME = "fastdds_large_images.xml"
+NODE_MODULE = "mobile_vla_node.ros.node"
+
+
+def node_argv(params: dict | None = None, extra_args=()) -> list:
+    """``python -m <node module> --ros-args ... -p name:=value`` for a parameter dict."""
+    args = [sys.executable, "-m", NODE_MODULE, "--ros-args", *extra_args]
+    for name, value in (params or {}).items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        args += ["-p", f"{name}:={value}"]
+    return args
 
 
 def fastdds_profile() -> Path | None:
