@@ -12,6 +12,8 @@ REGISTRY = {
     "torch": "mobile_vla_node.backends.torch_backend:TorchBackend",
     "onnx": "mobile_vla_node.backends.onnx_backend:OnnxBackend",
     "tensorrt": "mobile_vla_node.backends.tensorrt_backend:TensorRTBackend",
+    # Remote: the two graphs served by a Triton Inference Server over gRPC (docs/TRITON.md).
+    "triton": "mobile_vla_node.backends.triton_backend:TritonBackend",
     # Zero-cost stand-in for measuring node overhead (vla_bench --mode node); never for driving.
     "null": "mobile_vla_node.backends.null_backend:NullBackend",
 }

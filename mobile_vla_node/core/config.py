@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-BACKENDS = ("torch", "onnx", "tensorrt", "null")
+BACKENDS = ("torch", "onnx", "tensorrt", "triton", "null")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWIST_AXES = ("linear_x", "linear_y", "angular_z")
 
@@ -71,6 +71,20 @@ class BackendConfig:
     engine_rebuild: str = param("never", "rebuild a mismatched TensorRT engine", choices=("never",
                                                                                           "auto"))
     cuda_graph: bool = param(False, "capture the TensorRT step in a CUDA graph")
+    triton_url: str = param("localhost:8001", "Triton gRPC endpoint host:port (backend triton)")
+    triton_model: str = param("mobile_vla", "Triton model name prefix: serves NAME_encoder and "
+                                            "NAME_step (vla_export triton)")
+    triton_model_version: str = param("", "Triton model version (empty: the server's latest)")
+    triton_timeout_ms: float = param(500.0, "one inference step (both requests) fails after "
+                                            "this many ms", 1.0, 600000.0)
+    triton_reconnect_max_s: float = param(2.0, "longest wait between reconnection attempts "
+                                               "after a failed step", 0.05, 600.0)
+    triton_ssl: bool = param(False, "TLS to the Triton server (gRPC over SSL)")
+    triton_root_cert: str = param("", "PEM root certificate(s) for TLS (empty: system roots)")
+    triton_client_cert: str = param("", "PEM client certificate for mutual TLS")
+    triton_client_key: str = param("", "PEM client private key for mutual TLS")
+    triton_headers_file: str = param("", "file of 'Name: value' lines sent as gRPC metadata "
+                                         "with every request (API key, bearer token)")
 
     def __post_init__(self):
         _check_fields(self)
