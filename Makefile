@@ -11,7 +11,7 @@ export ROS_DOMAIN_ID
 # Camera-sized frames between processes (see config/fastdds_large_images.xml).
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-unit robot-yaml lint venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test
+
+# Fast layer only: pure Python, no DDS, no child processes (markers: test/conftest.py LAYERS).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit test
+
+# config/robot.yaml from the parameter table in mobile_vla_node/core/config.py.
+robot-yaml: $(STAMP)
+	$(BIN)/python -m mobile_vla_node.ros.params_yaml --output config/robot.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

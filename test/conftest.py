@@ -10,3 +10,51 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
                       os.path.join(os.path.dirname(__file__), "..", "config",
                                    "fastdds_large_images.xml"))
+
+# Test layers, one entry per test file (`file::test` entries override their file's for that
+# test). test/test_layers.py fails while a test file is missing here. unit: pure Python, no DDS,
+# no child processes; ros: rclpy/DDS/node processes; slow: tens of seconds or more; gpu: needs
+# a CUDA GPU. `make test-unit` runs `-m unit`; `make test` runs everything.
+LAYERS = {
+    "test_backends.py": ("unit",),
+    "test_bench.py": ("slow",),
+    "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
+    "test_checkpoint.py": ("unit",),
+    "test_chunks.py": ("unit",),
+    "test_config.py": ("unit",),
+    "test_control.py": ("unit",),
+    "test_demo_policy.py": ("unit",),
+    "test_demo_policy.py::test_demo_policy_beats_random_and_zero": ("slow",),
+    "test_diagnostics.py": ("unit",),
+    "test_gpu_path.py": ("unit",),
+    "test_inputs.py": ("unit",),
+    "test_layers.py": ("unit",),
+    "test_model.py": ("unit",),
+    "test_node_integration.py": ("ros",),
+    "test_node_onnx.py": ("ros", "slow"),
+    "test_node_startup.py": ("ros",),
+    "test_onnx_backend.py": ("unit",),
+    "test_onnx_export.py": ("slow",),
+    "test_package_xml.py": ("unit",),
+    "test_params_yaml.py": ("unit",),
+    "test_params_yaml.py::test_rcl_parser_reads_the_defaults": ("ros",),
+    "test_postprocess.py": ("unit",),
+    "test_preprocess.py": ("unit",),
+    "test_replay.py": ("slow",),
+    "test_replay_live.py": ("ros", "slow"),
+    "test_runtime.py": ("unit",),
+    "test_safety.py": ("unit",),
+    "test_tensorrt.py": ("unit",),
+    "test_timing.py": ("unit",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Add each test's layer markers from LAYERS (test entry first, else its file's)."""
+    import pytest
+
+    for item in items:
+        name = item.path.name
+        test = getattr(item, "originalname", item.name)
+        for mark in LAYERS.get(f"{name}::{test}", LAYERS.get(name, ())):
+            item.add_marker(getattr(pytest.mark, mark))
