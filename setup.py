@@ -28,10 +28,10 @@ setup(
     entry_points={
         "console_scripts": [
             f"vla_node = {PACKAGE}.ros.node:main",
-            f"vla_demo = {PACKAGE}.tools.demo:main",
-            f"vla_export = {PACKAGE}.tools.export:main",
-            f"vla_replay = {PACKAGE}.tools.replay:main",
-            f"vla_bench = {PACKAGE}.tools.bench:main",
+            f"vla_demo = {PACKAGE}.demo.cli:main",
+            f"vla_export = {PACKAGE}.export.cli:main",
+            f"vla_replay = {PACKAGE}.replay.cli:main",
+            f"vla_bench = {PACKAGE}.bench.cli:main",
         ],
     },
 )

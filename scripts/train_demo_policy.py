@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobile_vla_node import synthetic
 from mobile_vla_node.core.preprocess import to_model_input
+from mobile_vla_node.demo import synthetic
 from mobile_vla_node.model.checkpoint import save_safetensors
 from mobile_vla_node.model.loader import RANDOM_SEED
 from mobile_vla_node.model.policy import MobileVLAPolicy

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobile_vla_node.bench import analysis as bench_analysis
+from mobile_vla_node.bench import cli as bench
+from mobile_vla_node.bench import limits as bench_limits
 from mobile_vla_node.model.presets import PRESETS, preset_config
-from mobile_vla_node.tools import bench, bench_analysis, bench_limits
 
 REPO = Path(__file__).resolve().parents[1]
 STATS = ("mean", "std", "min", "p50", "p90", "p99", "max", "count")
@@ -143,7 +145,7 @@ def test_bad_arguments_are_named():
 def test_child_peak_rss_is_its_own_not_the_parents():
     """ru_maxrss survives execve on Linux; the child must report its own high-water mark."""
     ballast = np.ones(400 * 2**20 // 8)  # this (parent) process now peaks above 400 MB
-    code = ("import json; from mobile_vla_node.tools.bench_child import peak_rss; "
+    code = ("import json; from mobile_vla_node.bench.child import peak_rss; "
             "print(json.dumps(peak_rss()))")
     out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
                                     capture_output=True, text=True).stdout)
@@ -159,7 +161,7 @@ def test_child_peak_rss_is_its_own_not_the_parents():
 def run_bench(*args, env_extra=None, tmp_path: Path):
     env = dict(os.environ, **(env_extra or {}))
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.bench",
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.bench.cli",
                            "--preset", "tiny", "--json", str(out), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     report = json.loads(out.read_text()) if out.exists() else None
@@ -169,7 +171,7 @@ def run_bench(*args, env_extra=None, tmp_path: Path):
 @pytest.fixture(scope="module")
 def onnx_export(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.export", "onnx", "--preset",
+    subprocess.run([sys.executable, "-m", "mobile_vla_node.export.cli", "onnx", "--preset",
                     "tiny", "--output", str(path), "--parity-cases", "1"], cwd=REPO, check=True,
                    capture_output=True, timeout=300)
     return path

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobile_vla_node import synthetic
 from mobile_vla_node.core.preprocess import to_model_input
+from mobile_vla_node.demo import synthetic
 from mobile_vla_node.model.loader import RANDOM_SEED, ModelSource, load_policy
 from mobile_vla_node.model.policy import MobileVLAPolicy
 from mobile_vla_node.model.presets import DEMO_POLICY_DIR, preset_config

@@ -17,7 +17,7 @@ EXPORT_ATOL = 1e-4  # vla_export's fp32 parity tolerance
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "policy.onnx"
-    run = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.export", "onnx",
+    run = subprocess.run([sys.executable, "-m", "mobile_vla_node.export.cli", "onnx",
                           "--preset", "tiny", "--output", str(out)], cwd=REPO, env=ros_env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

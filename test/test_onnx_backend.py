@@ -17,8 +17,8 @@ from mobile_vla_node.backends.onnx_backend import OnnxBackend
 from mobile_vla_node.backends.onnx_format import ExportFormatError, read_export_metadata
 from mobile_vla_node.backends.torch_backend import TorchBackend
 from mobile_vla_node.core.config import BackendConfig
-from mobile_vla_node.tools import export as cli
-from mobile_vla_node.tools.parity import make_cases, run_parity
+from mobile_vla_node.export import cli
+from mobile_vla_node.export.parity import make_cases, run_parity
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

@@ -20,8 +20,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from mobile_vla_node.backends.onnx_format import read_export_metadata
-from mobile_vla_node.tools import export as cli
-from mobile_vla_node.tools.parity import ParityResult, format_report
+from mobile_vla_node.export import cli
+from mobile_vla_node.export.parity import ParityResult, format_report
 
 META_KEYS = ("format", "role", "model_spec", "policy_config", "tokenizer", "normalization",
              "export", "parity")
@@ -168,7 +168,7 @@ def test_fp16_export_passes_its_tolerance(tmp_path):
 def test_large_model_path_uses_external_data(tmp_path, monkeypatch):
     # The >2 GiB path (weights in NAME.onnx.data, file-based fp16 shape inference), forced by a
     # tiny threshold.
-    from mobile_vla_node.tools import onnx_export
+    from mobile_vla_node.export import onnx as onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
     path = tmp_path / "big.onnx"
@@ -269,7 +269,7 @@ def test_error_bad_output_name_and_opset(tmp_path):
 def test_console_error_is_one_line_without_traceback(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.export", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.export.cli", "onnx",
                            "--preset", "tiny", "--output", str(blocker / "x.onnx")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -278,25 +278,25 @@ def test_console_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_tensorrt_subcommand_missing_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mobile_vla_node.tools.trt_build", None)
+    monkeypatch.setitem(sys.modules, "mobile_vla_node.export.tensorrt", None)
     rc, out, err = run_cli(["tensorrt", "--onnx", "x.onnx"])
     assert rc == 2 and "tensorrt subcommand" in err
 
 
 def test_tensorrt_subcommand_broken_module(monkeypatch):
-    broken = types.ModuleType("mobile_vla_node.tools.trt_build")
+    broken = types.ModuleType("mobile_vla_node.export.tensorrt")
 
     def add_arguments(parser):
         raise RuntimeError("boom")
 
     broken.add_arguments = add_arguments
-    monkeypatch.setitem(sys.modules, "mobile_vla_node.tools.trt_build", broken)
+    monkeypatch.setitem(sys.modules, "mobile_vla_node.export.tensorrt", broken)
     rc, out, err = run_cli(["tensorrt"])
     assert rc == 2 and "failed to load" in err and "boom" in err
 
 
 def test_tensorrt_subcommand_dispatch(monkeypatch):
-    fake = types.ModuleType("mobile_vla_node.tools.trt_build")
+    fake = types.ModuleType("mobile_vla_node.export.tensorrt")
     seen = {}
 
     def add_arguments(parser):
@@ -307,7 +307,7 @@ def test_tensorrt_subcommand_dispatch(monkeypatch):
         return 0
 
     fake.add_arguments, fake.run = add_arguments, run
-    monkeypatch.setitem(sys.modules, "mobile_vla_node.tools.trt_build", fake)
+    monkeypatch.setitem(sys.modules, "mobile_vla_node.export.tensorrt", fake)
     assert run_cli(["tensorrt", "--onnx", "m.onnx"])[0] == 0
     assert seen == {"onnx": "m.onnx"}
 

@@ -14,8 +14,11 @@ import pytest
 
 from mobile_vla_node.core.config import NodeConfig
 from mobile_vla_node.model.presets import DEMO_POLICY_DIR
-from mobile_vla_node.tools import bagio
-from mobile_vla_node.tools.replay import convert_h5, main, make_sample, run_eval
+from mobile_vla_node.replay import bagio
+from mobile_vla_node.replay.cli import main
+from mobile_vla_node.replay.convert_h5 import convert_h5
+from mobile_vla_node.replay.eval import run_eval
+from mobile_vla_node.replay.sample import make_sample
 
 SMALL = dict(duration=1.0, fps=5.0, width=128, height=96)  # 5 frames, 1 command
 FAST = NodeConfig.from_params({"warmup_iters": 0})
@@ -72,8 +75,8 @@ def test_storages_and_encodings_evaluate(tmp_path, backend):
 
 
 def test_decoded_frames_match_render(tmp_path):
-    from mobile_vla_node import synthetic
-    from mobile_vla_node.tools.frames import iter_frames
+    from mobile_vla_node.demo import synthetic
+    from mobile_vla_node.replay.frames import iter_frames
 
     timeline = synthetic.demo_timeline(SMALL["duration"], SMALL["fps"])
     expected = synthetic.render(timeline[3][1], SMALL["width"], SMALL["height"])
@@ -297,7 +300,7 @@ def test_bad_image_is_a_fault_like_in_the_node(tmp_path, backend):
 
 
 def test_module_entry_point_help():
-    res = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.replay", "--help"],
+    res = subprocess.run([sys.executable, "-m", "mobile_vla_node.replay.cli", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     for cmd in ("eval", "play", "from-h5", "make-sample"):

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from mobile_vla_node.core.config import NodeConfig
-from mobile_vla_node.tools import bagio
-from mobile_vla_node.tools.replay import make_sample, run_eval
+from mobile_vla_node.replay import bagio
+from mobile_vla_node.replay.eval import run_eval
+from mobile_vla_node.replay.sample import make_sample
 from mobile_vla_node.ros.process import stop_node
 
 try:
@@ -62,7 +63,7 @@ def recorded(path) -> dict:
 
 def test_node_qos_matches_play():
     from mobile_vla_node import node
-    from mobile_vla_node.tools.replay import ros_qos
+    from mobile_vla_node.replay.cli import ros_qos
 
     assert ros_qos("camera") == node.CAMERA_QOS
     assert ros_qos("latched") == node.LATCHED_QOS
@@ -84,7 +85,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
         summary = run_eval(bag, tmp_path / "eval", NodeConfig.from_params({"warmup_iters": 0}),
                            plot=False, log=lambda s: None)
         play = subprocess.run(
-            [sys.executable, "-m", "mobile_vla_node.tools.replay", "play", str(bag), "--record",
+            [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--record",
              str(rec), "--wait-for-subscribers", "90"],
             env=env, capture_output=True, text=True, timeout=150)
         assert play.returncode == 0, play.stdout + play.stderr
@@ -93,7 +94,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
 
         # --loop until Ctrl-C: exits 130 and still closes the recording.
         loop = subprocess.Popen(
-            [sys.executable, "-m", "mobile_vla_node.tools.replay", "play", str(bag), "--loop",
+            [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--loop",
              "--rate", "2", "--record", str(rec_loop), "--wait-for-subscribers", "30"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(5.0)

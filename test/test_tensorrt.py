@@ -35,9 +35,9 @@ from mobile_vla_node.backends.tensorrt_backend import (
     mismatch_message,
 )
 from mobile_vla_node.core.config import BackendConfig
+from mobile_vla_node.export import tensorrt as trt_build
 from mobile_vla_node.model.presets import preset_config
 from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
-from mobile_vla_node.tools import trt_build
 
 TINY_SPEC = {"preset": "tiny", "image_size": 224, "feature_dim": 64, "window_size": 4,
              "chunk": 1, "action_dim": 3, "max_linear": 0.5, "chunk_step_period_s": 0.1}
@@ -414,7 +414,7 @@ def test_cli_bad_arguments_exit_2(capsys, tmp_path):
 
 
 def test_vla_export_tensorrt_without_tensorrt(monkeypatch, capsys, tmp_path):
-    export = pytest.importorskip("mobile_vla_node.tools.export")
+    export = pytest.importorskip("mobile_vla_node.export.cli")
     hide_tensorrt(monkeypatch)
     assert export.main(["tensorrt", "--onnx", onnx_file(tmp_path)]) == 2
     assert_one_line(capsys.readouterr().err, "python3-libnvinfer", "pip install tensorrt")
@@ -423,7 +423,7 @@ def test_vla_export_tensorrt_without_tensorrt(monkeypatch, capsys, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                     reason="tensorrt is installed here; this checks the real missing-package path")
 def test_cli_subprocess_without_tensorrt_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.trt_build", "--onnx",
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.export.tensorrt", "--onnx",
                            onnx_file(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert_one_line(proc.stderr, "pip install tensorrt")
@@ -1242,7 +1242,7 @@ def make_reference(offset: float):
 
 @pytest.mark.parametrize("offset,code", [(0.0, 0), (0.5, 3)])
 def test_fake_run_parity_exit_codes(fakes, monkeypatch, tmp_path, capsys, offset, code):
-    pytest.importorskip("mobile_vla_node.tools.parity")
+    pytest.importorskip("mobile_vla_node.export.parity")
     import mobile_vla_node.backends as backends
 
     onnx = fake_metadata(monkeypatch, tmp_path)
@@ -1282,7 +1282,7 @@ gpu = pytest.mark.skipif(not _gpu_available(),
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_export") / "tiny.onnx"
-    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.export", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "mobile_vla_node.export.cli", "onnx",
                            "--preset", "tiny", "--output", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

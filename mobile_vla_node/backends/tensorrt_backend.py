@@ -477,7 +477,7 @@ class TensorRTBackend(InferenceBackend):
                     " | ".join(problems))
         LOG.warning("engine_rebuild=auto: REBUILDING the TensorRT engines NOW, at start-up; "
                     "this takes minutes and the node stays not-ready until it is done")
-        from ..tools.trt_build import BuildError, rebuild_from_manifest
+        from ..export.tensorrt import BuildError, rebuild_from_manifest
 
         try:
             rebuild_from_manifest(manifest, engine_path, log=LOG.warning)

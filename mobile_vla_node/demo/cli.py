@@ -49,7 +49,7 @@ class DemoDriver:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from .. import synthetic
+        from . import synthetic
 
         self.args = args
         rclpy.init()
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     args = _parse(argv)
     env = loopback_env()
     log = Path(tempfile.mkdtemp(prefix="vla_demo_")) / "node.log"
-    cmd = [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args",
+    cmd = [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args",
            "-p", f"backend:={args.backend}", "-p", f"control_rate_hz:={args.control_rate_hz}"]
     if args.model_path:
         cmd += ["-p", f"model_path:={args.model_path}"]

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench_limits as limits
-from .bench_analysis import ATOL, control_budget, parity_report, physical_limits, step_series
-from .bench_report import PROMPT, environment
-from .bench_tables import markdown_report, write_plots
+from . import limits
+from .analysis import ATOL, control_budget, parity_report, physical_limits, step_series
+from .report import PROMPT, environment
+from .tables import markdown_report, write_plots
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MIXED, EXIT_PARITY = 0, 1, 2, 3, 4
 BACKENDS = ("torch", "onnx", "tensorrt", "null")
@@ -171,7 +171,7 @@ def _run_tool(cmd: list[str], what: str, log: Path) -> float:
 
 
 def _export_onnx(args, path: Path, fp16: bool) -> dict:
-    cmd = [sys.executable, "-m", "mobile_vla_node.tools.export", "onnx", "--output", str(path),
+    cmd = [sys.executable, "-m", "mobile_vla_node.export.cli", "onnx", "--output", str(path),
            "--preset", args.preset, "--parity-cases", "1"]
     cmd += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
     cmd += ["--fp16"] if fp16 else []
@@ -196,7 +196,7 @@ def prepare_models(args, workdir: Path) -> dict:
             out["onnx_for_tensorrt"] = _export_onnx(args, workdir / "trt_source.onnx", False)
             source = out["onnx_for_tensorrt"]["path"]
         path = workdir / "model.engine"
-        cmd = [sys.executable, "-m", "mobile_vla_node.tools.export", "tensorrt", "--onnx",
+        cmd = [sys.executable, "-m", "mobile_vla_node.export.cli", "tensorrt", "--onnx",
                str(source), "--output", str(path), "--precision", args.precision]
         seconds = _run_tool(cmd, "TensorRT engine build", workdir / "trt_build.log")
         args.engine_path = path
@@ -220,7 +220,7 @@ def run_child(job: dict, workdir: Path) -> dict:
     job_path.write_text(json.dumps(job))
     log = workdir / f"{tag}.log"
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "mobile_vla_node.tools.bench_child",
+        code = subprocess.run([sys.executable, "-m", "mobile_vla_node.bench.child",
                                str(job_path), str(result_path)], stdout=out,
                               stderr=subprocess.STDOUT).returncode
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
@@ -379,7 +379,7 @@ def _main(args, argv: list[str]) -> int:
 
 def run_node_mode(args, workdir: Path) -> dict:
     """Node mode: one node process per backend and control rate."""
-    from .bench_node import run_node
+    from .node_mode import run_node
 
     results = {}
     for backend in args.backends:

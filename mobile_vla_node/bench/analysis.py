@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from . import bench_limits as limits
+from . import limits
 
 # Parity tolerance (max abs difference to torch fp32) by the candidate's precision; TensorRT fp32
 # may use TF32 kernels.
@@ -16,7 +16,7 @@ TENSORRT_FP32_ATOL = 1e-3
 
 def parity(ref_path: str, cand_path: str, atol: float) -> dict:
     """Max abs, mean abs and worst-case cosine of feature and actions vs the reference."""
-    from .parity import ParityResult, summary
+    from ..export.parity import ParityResult, summary
 
     ref, cand = np.load(ref_path), np.load(cand_path)
     results = []

@@ -5,7 +5,7 @@ Subcommands:
 * ``onnx``: write ``NAME.onnx`` (encoder) and ``NAME.step.onnx`` (LSTM + head) with metadata, run
   ``onnx.checker``, then compare ONNX Runtime (CPU) against PyTorch (fp32, CPU) on the same inputs;
 * ``verify``: repeat that comparison for an existing export;
-* ``tensorrt``: build TensorRT engines (`tools.trt_build`, imported only for this subcommand).
+* ``tensorrt``: build TensorRT engines (`export.tensorrt`, imported only for this subcommand).
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad arguments/inputs, 3 parity or checker failure.
 """
@@ -109,7 +109,7 @@ def _add_parity(parser: argparse.ArgumentParser, atol_help: str) -> None:
 def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, str]:
     """The CLI parser; the tensorrt subcommand's options are added only when it is used.
 
-    Returns the parser and an error text if `tools.trt_build` could not be imported.
+    Returns the parser and an error text if `export.tensorrt` could not be imported.
     """
     parser = argparse.ArgumentParser(prog="vla_export", description=__doc__.split("\n")[0])
     subs = parser.add_subparsers(dest="command", required=True, metavar="{onnx,verify,tensorrt}")
@@ -134,19 +134,19 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     trt_error = ""
     if with_tensorrt:
         try:
-            trt_build = importlib.import_module(f"{__package__}.trt_build")
-            trt_build.add_arguments(trt)
-            trt.set_defaults(func=trt_build.run)
+            builder = importlib.import_module(f"{__package__}.tensorrt")
+            builder.add_arguments(trt)
+            trt.set_defaults(func=builder.run)
         except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.trt_build":
+            if exc.name == f"{__package__}.tensorrt":
                 trt_error = ("the tensorrt subcommand is not available: "
-                             "mobile_vla_node/tools/trt_build.py is missing from this install")
+                             "mobile_vla_node/export/tensorrt.py is missing from this install")
             else:
                 trt_error = (f"the tensorrt subcommand cannot start: {exc} (TensorRT builds need "
                              "the tensorrt Python package: JetPack, or pip install tensorrt)")
-        except Exception as exc:  # a broken trt_build must not break the other subcommands
-            trt_error = (f"the tensorrt subcommand cannot start: mobile_vla_node/tools/"
-                         f"trt_build.py failed to load: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a broken builder must not break the other subcommands
+            trt_error = (f"the tensorrt subcommand cannot start: mobile_vla_node/export/"
+                         f"tensorrt.py failed to load: {type(exc).__name__}: {exc}")
     if trt_error or not with_tensorrt:
         trt.set_defaults(func=None)
     return parser, trt_error
@@ -274,7 +274,7 @@ def cmd_onnx(args) -> int:
     preset, checkpoint = _source(args)
     from ..backends.base import BackendError
     from ..backends.onnx_format import step_file_name
-    from . import onnx_export as ox
+    from . import onnx as ox
 
     atol = args.atol or ATOL[args.fp16]
     progress = Progress()
@@ -333,7 +333,7 @@ def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
     import transformers
 
     from ..backends.onnx_format import FORMAT_VERSION
-    from . import onnx_export as ox
+    from . import onnx as ox
 
     config = reference.model.config
     export = {
@@ -383,7 +383,7 @@ def cmd_verify(args) -> int:
         model_spec_from_metadata,
         read_export_metadata,
     )
-    from . import onnx_export as ox
+    from . import onnx as ox
 
     path = Path(args.onnx).expanduser()
     if not path.is_file():

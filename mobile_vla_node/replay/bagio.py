@@ -2,7 +2,7 @@
 
 Messages are built and serialized with ``rosbags`` and its ROS 2 Humble typestore (no ROS install
 needed); bags are written with rosbags' ``Writer`` (metadata version 8, which Humble-era tools and
-rosbags read) in the mcap or sqlite3 storage. Reading goes through `tools.frames.open_bag`
+rosbags read) in the mcap or sqlite3 storage. Reading goes through `replay.frames.open_bag`
 (AnyReader: a bag folder or a single .mcap/.db3 file); reader failures become `BagError` naming
 the bag.
 """
@@ -170,10 +170,10 @@ class BagWriter:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
-            raise ValueError(f"storage {storage!r} is not one of {STORAGES}")
+            raise BagError(f"storage {storage!r} is not one of {STORAGES}")
         self.path = Path(path)
         if self.path.exists():
-            raise FileExistsError(f"output bag {str(self.path)!r} already exists; remove it or "
+            raise BagError(f"output bag {str(self.path)!r} already exists; remove it or "
                                   "choose another path")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self.writer = Writer(self.path, version=version, storage_plugin=plugin)

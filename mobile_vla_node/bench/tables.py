@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench_report import fmt, markdown_table, plot_cdf, plot_stages
+from .report import fmt, markdown_table, plot_cdf, plot_stages
 
 PIPELINE_STAGES = ("decode", "preprocess", "inference", "postprocess")
 NODE_STAGES = ("transport", "preprocess", "inference", "scheduling")
@@ -196,7 +196,7 @@ def markdown_report(report: dict) -> str:
 
 def write_plots(folder: Path, report: dict) -> list[str]:
     """Latency CDF per backend; per-stage breakdown for pipeline/node modes. Returns paths."""
-    from .bench_analysis import step_series
+    from .analysis import step_series
 
     folder.mkdir(parents=True, exist_ok=True)
     mode, title = report["mode"], f"{_model_label(report)} on {_device_label(report)}"

@@ -77,11 +77,11 @@ def _random_images(n: int, size: int, rng: np.random.Generator) -> list[np.ndarr
 
 def _frame_images(frames: str, n_frames: int, size: int) -> list[np.ndarray]:
     from ..core.preprocess import to_model_input
-    from .frames import iter_frames
+    from ..replay.frames import iter_frames
 
     images = [to_model_input(rgb, size) for rgb in iter_frames(frames, limit=n_frames)]
     if not images:
-        from .frames import BagError
+        from ..replay.frames import BagError
 
         raise BagError(f"no decodable image frames in {frames!r}")
     return images

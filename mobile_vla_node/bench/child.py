@@ -1,4 +1,4 @@
-"""One `vla_bench` backend run in its own process: ``python -m mobile_vla_node.tools.bench_child``.
+"""One `vla_bench` backend run in its own process: ``python -m mobile_vla_node.bench.child``.
 
 The parent writes a JSON job file and reads the JSON result this process writes; separate
 processes keep peak RSS, allocator peaks and warm caches apart. Timed regions end after the backend
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_report import summarize, vm_hwm_mb
+from .report import summarize, vm_hwm_mb
 
 # Test hook (documented in docs/BENCHMARKS.md): "onnx=cuda:0" makes the onnx child REPORT that
 # device, so the parent's mixed-device refusal can be tested on a CPU-only machine. The result is
@@ -152,7 +152,7 @@ def save_cases(path: Path, cases) -> None:
 
 def load_cases(path: Path):
     """Inverse of `save_cases`."""
-    from .parity import ParityCase
+    from ..export.parity import ParityCase
 
     data = np.load(path)
     return [ParityCase(data[f"image_{i}"], data[f"ids_{i}"], data[f"hist_{i}"])
@@ -161,7 +161,7 @@ def load_cases(path: Path):
 
 def run_parity_outputs(backend, job: dict) -> dict:
     """Run the shared parity cases (making them first when this is the reference) and save."""
-    from .parity import make_cases
+    from ..export.parity import make_cases
 
     cases_path = Path(job["cases_path"])
     if job.get("make_cases"):

@@ -1,8 +1,8 @@
 """`vla_bench --mode node`: the real node in its own process, fed over DDS by this process.
 
-The node (``python -m mobile_vla_node.ros.node``) runs with the chosen backend (``null`` for overhead
-alone) and receives 640x480 rgb8 ``sensor_msgs/Image`` at a fixed rate from a publisher here. Two
-sources of figures, kept apart in the output:
+The node (``python -m mobile_vla_node.ros.main``) runs with the chosen backend (``null`` for
+overhead alone) and receives 640x480 rgb8 ``sensor_msgs/Image`` at a fixed rate from a
+publisher here. Two sources of figures, kept apart in the output:
 
 * the node's own ``~/step_timing`` per step: transport (image stamp -> node callback), preprocess
   (decode + resize), inference, end-to-end (stamp -> first Twist using that step). Here
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_report import PROMPT as COMMAND
-from .bench_report import summarize, vm_hwm_mb
 from ..ros.process import loopback_env, stop_node
+from .report import PROMPT as COMMAND
+from .report import summarize, vm_hwm_mb
 
 WIDTH, HEIGHT = 640, 480
 N_FRAMES = 4
@@ -66,8 +66,8 @@ def _die_with_parent() -> None:
 
 
 def start_node(params: dict, log_path: Path, env: dict) -> subprocess.Popen:
-    """Start ``python -m mobile_vla_node.ros.node --ros-args -p name:=value ...``."""
-    args = [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args"]
+    """Start ``python -m mobile_vla_node.ros.main --ros-args -p name:=value ...``."""
+    args = [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args"]
     for name, value in params.items():
         value = str(value).lower() if isinstance(value, bool) else value
         args += ["-p", f"{name}:={value}"]

@@ -54,7 +54,7 @@ from ..backends.trt_manifest import (
     validate_precision,
     validate_profiles,
 )
-from .frames import BagError
+from ..replay.frames import BagError
 
 LOG = logging.getLogger(__name__)
 EXIT_OK, EXIT_BUILD_FAILED, EXIT_UNAVAILABLE, EXIT_PARITY = 0, 1, 2, 3
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m mobile_vla_node.tools.trt_build``)."""
+    """Stand-alone entry point (``python -m mobile_vla_node.export.tensorrt``)."""
     parser = argparse.ArgumentParser(prog="vla_export tensorrt", description=__doc__.split(
         "\n", 1)[0])
     add_arguments(parser)
@@ -325,7 +325,7 @@ def _cancel_on_interrupt(progress: BuildProgress):
 class CalibrationBatches:
     """Fixed-size encoder input batches for int8 calibration (pure Python, no TensorRT).
 
-    Frames come from a rosbag2 bag or an image folder (`tools.frames.iter_frames`) and go through
+    Frames come from a rosbag2 bag or an image folder (`replay.frames.iter_frames`) and go through
     the node's own `to_model_input`; each batch is ``{"image": uint8 (B, S, S, 3), "text_ids":
     (B, L)}``. Prompts are assigned to frames round-robin and right-padded with ``pad_id`` to
     one length L (the encoder masks padding out of attention), so every batch has the same shape,
@@ -360,7 +360,7 @@ class CalibrationBatches:
     def __iter__(self):
         """Yield batches in frame order; the remainder that does not fill a batch is dropped."""
         from ..core.preprocess import to_model_input
-        from .frames import iter_frames
+        from ..replay.frames import iter_frames
 
         limit = self.batch_size * self.max_batches if self.max_batches else None
         frames = iter_frames(self.source, topic=self.topic, limit=limit)
