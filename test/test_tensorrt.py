@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from mobile_vla_node.backends import create_backend
+from mobile_vla_node.backends import tensorrt_backend as trb
 from mobile_vla_node.backends import trt_manifest as tm
 from mobile_vla_node.backends.base import BackendError
 from mobile_vla_node.backends.tensorrt_backend import (
@@ -487,23 +488,57 @@ def test_backend_mismatched_engine_names_rebuild_command(monkeypatch, tmp_path):
 
 
 def test_backend_auto_rebuild_failure_is_reported(monkeypatch, tmp_path, caplog):
-    engine, _ = make_engine_dir(tmp_path)
+    engine, manifest = make_engine_dir(tmp_path)
     fake_tensorrt(monkeypatch, "10.7.0")
     fake_cudart(monkeypatch)
     calls = []
 
-    def failing_rebuild(manifest, path, log):
-        calls.append(path)
-        raise trt_build.BuildError("TensorRT could not build the encoder engine")
+    def failing_builder(args, log):
+        calls.append(args)
+        log("vla_export tensorrt: build failed: TensorRT could not build the encoder engine")
+        return 1, ["vla_export tensorrt: build failed: TensorRT could not build the encoder "
+                   "engine"]
 
-    monkeypatch.setattr(trt_build, "rebuild_from_manifest", failing_rebuild)
+    monkeypatch.setattr(trb, "run_builder", failing_builder)
     backend = TensorRTBackend(BackendConfig(backend="tensorrt", model_path=str(engine),
                                             device="cuda", engine_rebuild="auto"))
     with caplog.at_level(logging.WARNING), pytest.raises(BackendError) as err:
         backend.load()
-    assert calls == [engine]
-    assert "automatic rebuild of" in str(err.value) and "could not build" in str(err.value)
+    assert calls == [tm.rebuild_args(manifest, engine)]
+    assert calls[0][:3] == ["tensorrt", "--onnx", str(tmp_path / "policy.onnx")]
+    text = str(err.value)
+    assert_one_line(text, "automatic rebuild of", "vla_export exit 1", "could not build",
+                    "TensorRT version differs")
     assert "REBUILDING the TensorRT engines NOW, at start-up" in caplog.text
+
+
+def test_run_builder_is_a_child_process_running_vla_export():
+    lines = []
+    code, tail = trb.run_builder(["tensorrt", "--help"], lines.append)
+    assert code == 0
+    assert lines[0].startswith("vla_export: usage: vla_export tensorrt")
+    assert all(line.startswith("vla_export: ") for line in lines)
+    assert "--calib-cache" in "\n".join(lines) and len(tail) <= 20
+    code, tail = trb.run_builder(["tensorrt", "--onnx", "/nonexistent/policy.onnx"],
+                                 lambda _: None)
+    assert code != 0 and "does not exist" in tail[-1]
+
+
+def test_rebuild_args_reuse_the_cache_when_the_calibration_source_is_gone(tmp_path):
+    engine, manifest = make_engine_dir(tmp_path)
+    cache = tmp_path / "policy.calib.cache"
+    manifest.precision = "int8"
+    manifest.build_args.update(calib=str(tmp_path / "gone_bag"), calib_cache=str(cache),
+                               calib_batches=8)
+    args = tm.rebuild_args(manifest, engine)  # no cache either: the builder names the source
+    assert args[args.index("--calib") + 1] == str(tmp_path / "gone_bag")
+    cache.write_bytes(b"calibration table")
+    args = tm.rebuild_args(manifest, engine)
+    assert "--calib" not in args and args[args.index("--calib-cache") + 1] == str(cache)
+    (tmp_path / "gone_bag").mkdir()
+    args = tm.rebuild_args(manifest, engine)
+    assert args[args.index("--calib") + 1] == str(tmp_path / "gone_bag")
+    assert tm.rebuild_command(manifest, engine) == shlex.join(["vla_export", *args])
 
 
 def test_engine_problems_without_manifest(tmp_path):
@@ -1200,17 +1235,29 @@ def test_fake_build_int8_calibrates_encoder_only(fakes, monkeypatch, tmp_path):
 
 
 def test_fake_auto_rebuild_at_startup(fakes, monkeypatch, tmp_path, caplog):
+    """The backend hands `rebuild_args` to vla_export; run here in-process on the fakes."""
+    from mobile_vla_node.export import cli
+
     fake_metadata(monkeypatch, tmp_path)
     engine, manifest = make_engine_dir(tmp_path)  # built on Orin / TensorRT 10.3
     assert manifest.gpu_name == "Orin"
+    ran = []
+
+    def in_process_builder(args, log):  # the child process cannot see the stand-in modules
+        ran.append(args)
+        monkeypatch.setattr(trt_build, "check_parity", lambda options, manifest, log: 0)
+        return cli.main(list(args)), []
+
+    monkeypatch.setattr(trb, "run_builder", in_process_builder)
     backend = TensorRTBackend(BackendConfig(backend="tensorrt", model_path=str(engine),
                                             engine_rebuild="auto"))
     with caplog.at_level(logging.WARNING):
         backend.load()
+    assert ran == [tm.rebuild_args(manifest, engine)]
     rebuilt = tm.EngineManifest.load(tm.manifest_path(engine))
     assert rebuilt.gpu_name == "NVIDIA H100 80GB HBM3" and rebuilt.tensorrt_version == "10.7.0"
     assert "REBUILDING the TensorRT engines NOW" in caplog.text
-    assert "parity not re-checked" in caplog.text
+    assert "rebuilt TensorRT engines" in caplog.text
     assert backend.decode(np.zeros((4, 64), np.float32)).shape == (1, 3)
     backend.close()
 

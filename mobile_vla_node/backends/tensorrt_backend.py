@@ -3,7 +3,9 @@
 ``model_path`` is ``FILE.engine``; ``FILE.step.engine`` and the manifest ``FILE.engine.json`` sit
 beside it. At load the manifest is checked against the running TensorRT / GPU (and against the
 ONNX files when they sit beside the engine); a mismatch is a `BackendError` carrying the rebuild
-command, or, with ``engine_rebuild: auto``, a rebuild at start-up (never mid-run).
+command, or, with ``engine_rebuild: auto``, a rebuild at start-up (never mid-run). The rebuild
+runs the builder (`mobile_vla_node.export`, build-time code) as a child process, so the robot
+process never imports the engine builder, int8 calibration or rosbags.
 
 Execution uses the TensorRT 10 API (named I/O tensors, ``set_tensor_address``,
 ``execute_async_v3``; also present in 8.5/8.6) and cuda-python for memory and one CUDA stream:
@@ -18,7 +20,10 @@ import ctypes
 import importlib
 import logging
 import mmap
+import subprocess
+import sys
 import threading
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ from .trt_manifest import (
     check_manifest,
     manifest_path,
     onnx_beside,
+    rebuild_args,
     rebuild_command,
     step_engine_path,
 )
@@ -42,6 +48,8 @@ TENSORRT_INSTALL = ("on Jetson install JetPack's TensorRT Python bindings "
 CUDA_PYTHON_INSTALL = ("pip install cuda-python matching the CUDA major version (JetPack 6 / "
                        "CUDA 12: pip install 'cuda-python>=12,<13'; JetPack 5 / CUDA 11.4: "
                        "pip install 'cuda-python>=11.4,<12')")
+# `engine_rebuild: auto` runs ``python -m BUILDER_MODULE tensorrt ...`` (that is, vla_export).
+BUILDER_MODULE = "mobile_vla_node.export.cli"
 ENCODER_IO = ("image", "text_ids", "feature")
 STEP_IO = ("features", "h0", "c0", "actions", "hn", "cn")
 
@@ -419,6 +427,37 @@ def mismatch_message(manifest: EngineManifest, engine: Path, problems: list[str]
             f"rebuild with: {command} (or set engine_rebuild: auto to rebuild at start-up)")
 
 
+def run_builder(args: list[str], log=LOG.warning) -> tuple[int, list[str]]:
+    """Run ``vla_export ARGS`` in a child process, its output line by line to ``log``.
+
+    Returns the exit code and the last lines. The child is stopped if this process is
+    interrupted while it runs.
+    """
+    cmd = [sys.executable, "-m", BUILDER_MODULE, *args]
+    tail: deque[str] = deque(maxlen=20)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, bufsize=1)
+    except OSError as exc:
+        return 127, [f"cannot start {cmd[0]}: {exc}"]
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log(f"vla_export: {line}")
+        return proc.wait(), list(tail)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+
+
 class TensorRTBackend(InferenceBackend):
     """Runs the encoder and step engines on one CUDA stream."""
 
@@ -477,17 +516,22 @@ class TensorRTBackend(InferenceBackend):
                     " | ".join(problems))
         LOG.warning("engine_rebuild=auto: REBUILDING the TensorRT engines NOW, at start-up; "
                     "this takes minutes and the node stays not-ready until it is done")
-        from ..export.tensorrt import BuildError, rebuild_from_manifest
-
+        args = rebuild_args(manifest, engine_path)
+        code, tail = run_builder(args, LOG.warning)
+        last = tail[-1] if tail else "no output"
         try:
-            rebuild_from_manifest(manifest, engine_path, log=LOG.warning)
-        except (BuildError, ManifestError) as exc:
-            raise BackendError(f"automatic rebuild of {engine_path} failed: {exc}") from exc
-        manifest, problems = engine_problems(engine_path, facts)
+            manifest, problems = engine_problems(engine_path, facts)
+        except BackendError as exc:
+            raise BackendError(f"automatic rebuild of {engine_path} failed (vla_export exit "
+                               f"{code}: {last}): {exc}") from exc
         if problems:
-            raise BackendError(mismatch_message(manifest, engine_path, problems))
-        LOG.warning("rebuilt TensorRT engines %s (parity not re-checked; run vla_export "
-                    "tensorrt to verify)", engine_path)
+            raise BackendError(f"automatic rebuild of {engine_path} failed (vla_export exit "
+                               f"{code}: {last}); "
+                               f"{mismatch_message(manifest, engine_path, problems)}")
+        if code != 0:  # built, but the parity check failed or could not run
+            LOG.warning("vla_export exited %d after rebuilding %s: %s", code, engine_path, last)
+        LOG.warning("rebuilt TensorRT engines %s with: %s", engine_path,
+                    rebuild_command(manifest, engine_path))
         return manifest
 
     def _start(self, trt, cuda, manifest, engine_path, facts, warnings) -> None:

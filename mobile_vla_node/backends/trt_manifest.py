@@ -335,25 +335,36 @@ def onnx_beside(manifest: EngineManifest, engine: str | Path) -> dict[str, Path]
     return found
 
 
-def rebuild_command(manifest: EngineManifest, engine: str | Path | None = None) -> str:
-    """The exact ``vla_export tensorrt`` command line that rebuilds these engines."""
+def rebuild_args(manifest: EngineManifest, engine: str | Path | None = None) -> list[str]:
+    """The ``vla_export`` arguments (``tensorrt ...``) that rebuild these engines.
+
+    The ONNX export beside the engine wins over the recorded path. A calibration source that is
+    gone while its cache exists is left out (the build then reuses the cache).
+    """
     engine = Path(engine) if engine else Path(manifest.build_args.get("output")
                                               or manifest.encoder_engine)
     beside = onnx_beside(manifest, engine).get("encoder")
-    args = ["vla_export", "tensorrt", "--onnx", str(beside or manifest.encoder_onnx),
+    args = ["tensorrt", "--onnx", str(beside or manifest.encoder_onnx),
             "--output", str(engine), "--precision", manifest.precision]
     build = manifest.build_args
+    calib, cache = build.get("calib"), build.get("calib_cache")
+    calib_gone = bool(calib) and not Path(calib).exists() and bool(cache) and Path(cache).is_file()
     for key, flag in (("calib", "--calib"), ("calib_cache", "--calib-cache"),
                       ("calib_batches", "--calib-batches"), ("workspace_mb", "--workspace-mb"),
                       ("timing_cache", "--timing-cache"), ("max_text_len", "--max-text-len"),
                       ("atol", "--atol")):
         value = build.get(key)
-        if value is None or value == "":
+        if value is None or value == "" or (key == "calib" and calib_gone):
             continue
         if key == "calib_batches" and manifest.precision != "int8":
             continue
         args += [flag, str(value)]
-    return shlex.join(args)
+    return args
+
+
+def rebuild_command(manifest: EngineManifest, engine: str | Path | None = None) -> str:
+    """The exact ``vla_export tensorrt`` command line that rebuilds these engines."""
+    return shlex.join(["vla_export", *rebuild_args(manifest, engine)])
 
 
 def check_manifest(manifest: EngineManifest, runtime_facts: dict,

@@ -48,7 +48,6 @@ from ..backends.trt_manifest import (
     make_profiles,
     manifest_path,
     normalize_metadata,
-    onnx_beside,
     step_engine_path,
     text_len_limit,
     validate_precision,
@@ -657,28 +656,6 @@ def summary(manifest: EngineManifest, options: BuildOptions, results: dict) -> s
     if options.precision == "int8":
         lines.append(f"  calibration cache {options.calib_cache}")
     return "\n".join(lines)
-
-
-def rebuild_from_manifest(manifest: EngineManifest, engine: str | Path, log=_print
-                          ) -> EngineManifest:
-    """Rebuild engines with the settings their manifest records (``engine_rebuild: auto``)."""
-    engine = Path(engine)
-    onnx = onnx_beside(manifest, engine).get("encoder") or Path(manifest.encoder_onnx)
-    if not onnx.is_file():
-        raise BuildError(f"cannot rebuild {engine}: its ONNX {Path(manifest.encoder_onnx).name} "
-                         f"is neither beside it nor at {manifest.encoder_onnx}")
-    recorded = manifest.build_args
-    calib = recorded.get("calib")
-    cache = recorded.get("calib_cache")
-    if calib and not Path(calib).exists() and cache and Path(cache).is_file():
-        log(f"calibration source {calib} is gone; rebuilding from the cache {cache}")
-        calib = None
-    options = BuildOptions(
-        onnx=onnx, output=engine, precision=manifest.precision, calib=calib, calib_cache=cache,
-        calib_batches=int(recorded.get("calib_batches") or DEFAULT_CALIB_BATCHES),
-        workspace_mb=int(manifest.workspace_mb), timing_cache=recorded.get("timing_cache"),
-        max_text_len=recorded.get("max_text_len"), atol=recorded.get("atol"))
-    return build_engines(options, log=log)
 
 
 # ----------------------------------------------------------------------------- parity
