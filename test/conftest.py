@@ -45,6 +45,7 @@ LAYERS = {
     "test_runtime.py": ("unit",),
     "test_safety.py": ("unit",),
     "test_tensorrt.py": ("unit",),
+    "test_team_checkpoints.py": ("unit",),
     "test_timing.py": ("unit",),
 }
 

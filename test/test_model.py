@@ -208,7 +208,8 @@ def test_presets_are_valid_configs():
 def test_config_from_robovlms_maps_the_training_config():
     training = {
         "window_size": 2, "fwd_pred_next_n": 10, "model": "kosmos", "learning_rate": 1e-4,
-        "act_head": {"type": "LSTMDecoder", "hidden_size": 512, "num_layers": 4,
+        # (upstream "LSTMDecoder" would mean action_dim - 1 outputs plus a gripper)
+        "act_head": {"type": "MobileVLALSTMDecoder", "hidden_size": 512, "num_layers": 4,
                      "action_dim": 2, "mlp_hidden": [256, 128]},
         "tokenizer": {"max_text_len": 64}, "max_linear": 0.8,
     }

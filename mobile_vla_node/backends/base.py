@@ -5,7 +5,8 @@ A backend owns one loaded policy and runs its two stages on numpy arrays:
 * ``encode(image, text_ids)``: uint8 (H, W, 3) image, already resized to the model's input size
   and in its channel order, int64 (L,) prompt ids -> float32 (D,) frame feature;
 * ``decode(features)``: float32 (T, D) window of features, oldest first -> float32
-  (chunk, action_dim) normalized actions in [-1, 1].
+  (chunk, action_dim) normalized actions in [-1, 1] (or (chunk, num_classes) logits for a
+  classification head, see `ModelSpec`).
 
 ``infer`` is both in one call. History, command handling and post-processing live in
 `core.runtime.PolicyRuntime`, shared by all backends.
@@ -47,7 +48,14 @@ class BackendInfo:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Static facts about the loaded model the runtime needs (sizes, prompt, normalization)."""
+    """Static facts about the loaded model the runtime needs (sizes, prompt, normalization).
+
+    ``head`` is ``regression`` (decode gives (chunk, action_dim) actions in [-1, 1]) or
+    ``classification`` (decode gives (chunk, num_classes) logits; ``class_velocities`` holds one
+    [vx, vy, wz] row per class). ``resize_filter`` is the PIL filter the model was trained with;
+    ``image_norm`` names the mean/std the model (and its exported graphs) apply after /255.
+    Fields after ``chunk_step_period_s`` have defaults so older exports still load.
+    """
 
     preset: str
     image_size: int
@@ -57,6 +65,24 @@ class ModelSpec:
     action_dim: int
     max_linear: float
     chunk_step_period_s: float
+    head: str = "regression"
+    num_classes: int = 0
+    class_velocities: tuple = ()
+    resize_filter: str = "bicubic"
+    image_norm: str = "clip"
+
+    @property
+    def output_dim(self) -> int:
+        """Width of decode's output per chunk step (action_dim, or num_classes)."""
+        return self.num_classes if self.head == "classification" else self.action_dim
+
+    @classmethod
+    def from_policy_config(cls, pc, feature_dim: int) -> ModelSpec:
+        """The spec of a `PolicyConfig` (torch-free: reads attributes only)."""
+        return cls(pc.preset, pc.image_size, feature_dim, pc.window_size, pc.fwd_pred_next_n,
+                   pc.action_dim, pc.max_linear, pc.chunk_step_period_s, pc.head,
+                   pc.num_classes, tuple(tuple(r) for r in pc.class_velocities),
+                   pc.resize_filter, pc.image_norm)
 
 
 class InferenceBackend(ABC):

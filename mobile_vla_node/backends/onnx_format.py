@@ -8,7 +8,7 @@ parsed by `read_export_metadata`. Only ``onnx`` is needed here (no runtime).
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .base import ModelSpec
@@ -119,12 +119,15 @@ def read_export_metadata(path: str | Path) -> dict:
 
 def model_spec_from_metadata(meta: dict) -> ModelSpec:
     """The `ModelSpec` stored in an export's metadata."""
-    data = meta["model_spec"]
+    data = dict(meta["model_spec"])
     names = {f.name for f in fields(ModelSpec)}
-    missing = sorted(names - set(data))
+    required = {f.name for f in fields(ModelSpec) if f.default is MISSING}
+    missing = sorted(required - set(data))
     if missing:
         raise ExportFormatError(f"export model_spec lacks {missing}")
-    return ModelSpec(**{k: data[k] for k in names})
+    if "class_velocities" in data:   # JSON lists -> the spec's tuples
+        data["class_velocities"] = tuple(tuple(r) for r in data["class_velocities"])
+    return ModelSpec(**{k: data[k] for k in names if k in data})
 
 
 def tokenizer_from_metadata(meta: dict):

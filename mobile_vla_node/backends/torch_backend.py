@@ -38,13 +38,12 @@ class TorchBackend(InferenceBackend):
         if self.device.type == "cpu" and cfg.precision == "fp16":
             warnings.append("fp16 on CPU is slow and only for parity checks")
         loaded = load_policy(ModelSource(cfg.model_preset, cfg.model_path, cfg.backbone_path,
-                                         cfg.strict_loading, cfg.allow_unsafe_pickle))
+                                         cfg.strict_loading, cfg.allow_unsafe_pickle,
+                                         getattr(cfg, "model_config", "")))
         self.model = loaded.model.to(device=self.device, dtype=self.dtype)
         self.tokenizer = loaded.tokenizer
         pc = loaded.config
-        self.spec = ModelSpec(pc.preset, pc.image_size, self.model.feature_dim, pc.window_size,
-                              pc.fwd_pred_next_n, pc.action_dim, pc.max_linear,
-                              pc.chunk_step_period_s)
+        self.spec = ModelSpec.from_policy_config(pc, self.model.feature_dim)
         self._encode = self.model.encode_frame
         if cfg.torch_compile:
             self._encode = torch.compile(self.model.encode_frame)

@@ -54,6 +54,9 @@ class BackendConfig:
     model_path: str = param("", "checkpoint/folder (torch), .onnx (onnx) or .engine (tensorrt); "
                                 "empty: the preset's shipped or random weights")
     backbone_path: str = param("", "local Kosmos-2 folder (weights + tokenizer); never a hub id")
+    model_config: str = param("", "the team's JSON training config (any name; window, chunk, "
+                                  "head, normalization, action scale); empty: config beside "
+                                  "the checkpoint or the preset")
     device: str = param("cpu", "cpu, cuda or cuda:N")
     precision: str = param("fp32", "torch weight precision", choices=PRECISIONS)
     strict_loading: bool = param(True, "fail on missing/unexpected checkpoint keys")
@@ -149,16 +152,31 @@ class ActionConfig:
                             live=True)
     action_axes: str = param("", "comma-separated twist axis of each action dim, e.g. "
                                  "'linear_x,linear_y' (empty: x, y[, yaw])")
+    class_velocities: str = param("", "classification heads: 'vx,vy,wz; ...' per class, m/s "
+                                      "and rad/s (empty: the model config's table)")
 
     def __post_init__(self):
         _check_fields(self)
         if len(self.action_sign) != 3 or any(s not in (1.0, -1.0) for s in self.action_sign):
             raise ConfigError(f"parameter action_sign={self.action_sign!r} must be 3 values "
                               "of 1 or -1")
+        self.class_table()
         axes = self.axes()
         if any(a not in TWIST_AXES for a in axes) or len(set(axes)) != len(axes):
             raise ConfigError(f"parameter action_axes={self.action_axes!r} must be distinct "
                               f"names from {list(TWIST_AXES)}")
+
+    def class_table(self) -> list:
+        """`class_velocities` as rows [vx, vy, wz] (empty: use the model config's table)."""
+        rows = [r for r in self.class_velocities.split(";") if r.strip()]
+        try:
+            table = [[float(v) for v in r.split(",")] for r in rows]
+        except ValueError:
+            table = None
+        if table is None or any(len(r) != 3 or not all(map(math.isfinite, r)) for r in table):
+            raise ConfigError(f"parameter class_velocities={self.class_velocities!r} must be "
+                              "'vx,vy,wz; vx,vy,wz; ...' (3 finite numbers per class)")
+        return table
 
     def axes(self) -> tuple:
         """`action_axes` as a tuple of names (empty: the model's default mapping)."""

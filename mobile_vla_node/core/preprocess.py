@@ -1,9 +1,10 @@
 """Image decoding and model-input preparation, independent of ROS message classes.
 
 Raw ``sensor_msgs/Image`` fields or ``CompressedImage`` bytes -> RGB uint8 (H, W, 3) -> resized to
-the model's input with PIL bicubic (what Kosmos-2's CLIP image processor uses) -> channel order the
-model was trained with. Normalization to CLIP mean/std is part of the model (it runs on the
-model's device, and exported graphs carry it).
+the model's input with the PIL filter it was trained with (bicubic: Kosmos-2's CLIP image
+processor; bilinear: RoboVLMs' H5 training) -> channel order the model was trained with.
+Normalization (/255, then none / CLIP / ImageNet / custom mean and std, from the policy config)
+is part of the model (it runs on the model's device, and exported graphs carry it).
 """
 
 from __future__ import annotations
@@ -81,15 +82,26 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb") -> np.ndarray:
-    """Resize RGB uint8 to (size, size, 3) with PIL bicubic and apply the model's channel order."""
+RESIZE_FILTERS = ("bicubic", "bilinear", "nearest")
+
+
+def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb",
+                   resize_filter: str = "bicubic") -> np.ndarray:
+    """Resize RGB uint8 to (size, size, 3) with the model's PIL filter, apply its channel order.
+
+    Bicubic is Kosmos-2's processor; bilinear is what RoboVLMs' H5 training used.
+    """
     from PIL import Image
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize_filter {resize_filter!r} must be one of {RESIZE_FILTERS}")
     if rgb.shape[:2] != (size, size):
         # np.array: a writable copy, so backends can wrap it without another copy.
-        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+        pil_filter = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
+                      "nearest": Image.NEAREST}[resize_filter]
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), pil_filter))
     if channel_order == "bgr":
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb)

@@ -38,7 +38,8 @@ class PolicyRuntime:
         self.backend = backend
         self.spec = backend.spec
         self.channel_order = action.channel_order
-        self.post = ActionPostprocessor(action, self.spec.action_dim, self.spec.max_linear)
+        self.post = ActionPostprocessor.for_spec(action, self.spec)
+        self.resize_filter = getattr(self.spec, "resize_filter", "bicubic")
         self.max_command_chars = max_command_chars
         self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
         self.command: str | None = None
@@ -69,7 +70,7 @@ class PolicyRuntime:
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """RGB frame -> the model's uint8 input (size and channel order)."""
-        return to_model_input(rgb, self.spec.image_size, self.channel_order)
+        return to_model_input(rgb, self.spec.image_size, self.channel_order, self.resize_filter)
 
     def step(self, rgb: np.ndarray) -> StepResult | None:
         """Run one frame; None without a command or if the command changed meanwhile."""

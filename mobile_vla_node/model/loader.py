@@ -2,27 +2,50 @@
 
 Resolution order (all local paths; nothing is downloaded):
 
-1. config: ``config.json`` in a model folder, or ``<checkpoint>.json`` / ``config.json`` beside a
-   checkpoint file (native or RoboVLMs format), else the ``model_preset``;
+1. config: ``model_config`` (the team's training JSON, any name), else ``config.json`` in a model
+   folder, or ``<checkpoint>.json`` / ``config.json`` beside a checkpoint file (native or
+   RoboVLMs format), else the ``model_preset``;
 2. tokenizer: ``backbone_path`` (a Kosmos-2 folder), else ``tokenizer.json`` beside the model, else
    the built-in word-level tokenizer;
 3. weights: the Kosmos-2 weights in ``backbone_path`` (if given), then the checkpoint on top; with
    no checkpoint the ``tiny`` preset uses the shipped demo policy and other presets random
    weights (seeded, and logged as such).
+
+A checkpoint goes through `prepare`: its head layout is detected from its keys
+(`team_layouts`), its keys are mapped with that layout's table, PEFT LoRA adapters are set aside
+and merged onto base weights (`lora`), and its sizes are checked against the config. Anything
+that cannot run faithfully is refused with the reason; `vla_checkpoint inspect` prints the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, load_into, read_state_dict
+from .checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    CheckpointError,
+    Container,
+    load_into,
+    map_keys,
+    read_checkpoint,
+    read_state_dict,
+)
+from .lora import LoraSet, lora_scale, merge_lora, split_lora
 from .policy import MobileVLAPolicy
-from .presets import DEMO_POLICY_DIR, PolicyConfig, load_config_file, preset_config
+from .presets import (
+    DEMO_POLICY_DIR,
+    PolicyConfig,
+    policy_config_from_training,
+    preset_config,
+)
+from .team_layouts import HeadLayout, KeyPlan, LayoutError, detect_head, head_dims, plan_keys
 from .tokenizer import PromptTokenizer, load_tokenizer
+from .training_config import TrainingFacts, load_training_json
 
 LOG = logging.getLogger(__name__)
 RANDOM_SEED = 0
@@ -37,6 +60,7 @@ class ModelSource:
     backbone_path: str = ""
     strict: bool = True
     allow_unsafe_pickle: bool = False
+    model_config: str = ""
 
 
 @dataclass
@@ -49,10 +73,39 @@ class LoadedPolicy:
     weights: str
 
 
+@dataclass
+class Prepared:
+    """A checkpoint read, mapped and checked, before any model is built."""
+
+    config: PolicyConfig
+    checkpoint: Path | None = None
+    config_file: Path | None = None
+    folder: Path | None = None
+    facts: TrainingFacts | None = None
+    container: Container | None = None
+    raw_shapes: dict = field(default_factory=dict)    # after wrapper prefixes, before mapping
+    state: dict = field(default_factory=dict)         # our names (LoRA adapters set aside)
+    layout: HeadLayout | None = None
+    plan: KeyPlan | None = None
+    ignored: dict = field(default_factory=dict)       # key -> why it is not loaded
+    lora: LoraSet | None = None
+    lora_scale: float | None = None
+    notes: dict = field(default_factory=dict)         # setting -> where it came from
+    assumed: list = field(default_factory=list)
+    problems: list = field(default_factory=list)      # fatal: cannot run faithfully
+
+    def fail_if_problems(self) -> None:
+        """Raise `CheckpointError` listing every problem."""
+        if self.problems:
+            name = str(self.checkpoint) if self.checkpoint else "model"
+            raise CheckpointError(f"{name} cannot run faithfully:\n  - "
+                                  + "\n  - ".join(self.problems))
+
+
 def resolve_paths(source: ModelSource) -> tuple[Path | None, Path | None, Path | None]:
     """Return (checkpoint file, config file, folder holding a tokenizer) for a model source."""
     if not source.model_path:
-        if source.preset == "tiny" and DEMO_POLICY_DIR.is_dir():
+        if source.preset == "tiny" and DEMO_POLICY_DIR.is_dir() and not source.model_config:
             return _folder_files(DEMO_POLICY_DIR)
         return None, None, None
     path = Path(source.model_path).expanduser()
@@ -78,30 +131,179 @@ def _folder_files(folder: Path):
     return (ckpts[0] if ckpts else None), (config if config.is_file() else None), folder
 
 
+def _read_config(source: ModelSource, config_file: Path | None):
+    """(PolicyConfig, TrainingFacts or None, the file used)."""
+    path = Path(source.model_config).expanduser() if source.model_config else config_file
+    if path is None:
+        return preset_config(source.preset), None, None
+    data = load_training_json(path)
+    config, facts = policy_config_from_training(data, source.preset, str(path))
+    return config, facts, path
+
+
+def prepare(source: ModelSource) -> Prepared:
+    """Read config and checkpoint, detect the head, map keys and check sizes (no model built)."""
+    ckpt, config_file, folder = resolve_paths(source)
+    config, facts, config_file = _read_config(source, config_file)
+    prep = Prepared(config=config, checkpoint=ckpt, config_file=config_file, folder=folder,
+                    facts=facts)
+    if facts is not None:
+        prep.notes.update(facts.notes)
+        prep.assumed += facts.assumed
+        prep.problems += facts.refused
+    if ckpt is None:
+        return prep
+    raw, prep.container = read_checkpoint(ckpt, source.allow_unsafe_pickle)
+    state, ignored = map_keys(raw)
+    prep.ignored.update({k: "text-generation lm_head (the policy never generates text)"
+                         for k in ignored})
+    state, prep.lora = split_lora(state)
+    prep.raw_shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        prep.layout = detect_head(state, facts.head_type if facts else None)
+    except LayoutError as exc:
+        prep.problems.append(str(exc))
+        prep.state = state
+        return prep
+    prep.plan = plan_keys(state, prep.layout)
+    prep.ignored.update(prep.plan.dropped)
+    prep.state = {prep.plan.mapped[k]: v for k, v in state.items() if k in prep.plan.mapped}
+    _fit_config(prep, facts is not None)
+    _check_lora(prep, source)
+    return prep
+
+
+def _fit_config(prep: Prepared, from_training: bool) -> None:
+    """Take head kind/sizes the config does not state from tensor shapes; check the rest."""
+    cfg, layout = prep.config, prep.layout
+    dims = head_dims({k: tuple(v.shape) for k, v in prep.state.items()}, layout)
+    stated = set(prep.facts.overrides) if prep.facts else set()
+    native = prep.config_file is not None and not from_training
+    changes: dict = {}
+    if native:   # this package's own config.json: trusted as is; load_into names any mismatch
+        if layout.kind != cfg.head:
+            prep.problems.append(f"the checkpoint has a {layout.kind} head ({layout.name}) but "
+                                 f"its config.json says {cfg.head!r}")
+        return
+    if layout.kind != cfg.head:
+        changes.update(head=layout.kind, head_type=layout.name)
+    if layout.name != cfg.head_type and "head_type" not in stated:
+        changes["head_type"] = layout.name
+    for name in ("lstm_hidden", "lstm_layers", "mlp_hidden"):
+        if name in dims and name not in stated:
+            if dims[name] != getattr(cfg, name):
+                changes[name] = dims[name]
+                prep.notes[name] = f"{dims[name]} (from tensor shapes)"
+        elif name in dims and dims[name] != getattr(cfg, name):
+            prep.problems.append(f"{name}: the config says {getattr(cfg, name)} but the "
+                                 f"checkpoint's tensors have {dims[name]}")
+    chunk = cfg.fwd_pred_next_n
+    out = dims.get("head_out")
+    if layout.kind == "classification" and out is not None:
+        if "num_classes" not in stated:
+            if out % chunk:
+                prep.problems.append(f"act_head.logits has {out} outputs, not a multiple of "
+                                     f"fwd_pred_next_n={chunk}; set model_config")
+                return
+            changes["num_classes"] = out // chunk
+            prep.notes["num_classes"] = f"{out // chunk} (logits {out} / chunk {chunk})"
+        elif out != chunk * cfg.num_classes:
+            prep.problems.append(f"act_head.logits has {out} outputs but the config says "
+                                 f"fwd_pred_next_n {chunk} x num_classes {cfg.num_classes}")
+    elif out is not None and out != chunk * cfg.action_dim:
+        prep.problems.append(f"the head outputs {out} values per step but the config says "
+                             f"fwd_pred_next_n {chunk} x action_dim {cfg.action_dim} = "
+                             f"{chunk * cfg.action_dim}; wrong model_config / model_preset?")
+    if changes.get("head") == "classification" or (
+            cfg.head == "classification" and not cfg.class_velocities):
+        from .training_config import default_class_velocities
+
+        classes = changes.get("num_classes", cfg.num_classes)
+        table = default_class_velocities(classes)
+        if table is not None and not cfg.class_velocities:
+            changes["class_velocities"] = table
+            prep.notes.setdefault("class_velocities", "their inference server's default table")
+    if not from_training:
+        prep.assumed.append(f"no training config: window_size {cfg.window_size}, "
+                            f"fwd_pred_next_n {chunk}, image_norm {cfg.image_norm}, "
+                            f"max_linear {cfg.max_linear} come from preset {cfg.preset!r} "
+                            "(set model_config to the training JSON)")
+    if changes:
+        try:
+            prep.config = dataclasses.replace(cfg, **changes)
+        except ValueError as exc:
+            prep.problems.append(str(exc))
+
+
+def _check_lora(prep: Prepared, source: ModelSource) -> None:
+    lora = prep.lora
+    enabled = bool(prep.facts and prep.facts.lora.get("enable"))
+    if not lora.pairs and not lora.unsupported:
+        if enabled:
+            prep.notes["lora"] = ("lora_enable in the config, but no adapters in the "
+                                  "checkpoint (merged before saving, or saved without them)")
+        return
+    if lora.unsupported:
+        prep.problems.append(f"unsupported PEFT tensors (embedding LoRA / DoRA): "
+                             f"{lora.unsupported[:4]}")
+    try:
+        alpha = prep.facts.lora.get("alpha") if prep.facts else None
+        r = prep.facts.lora.get("r") if prep.facts else None
+        prep.lora_scale = lora_scale(lora, alpha, r)
+    except ValueError as exc:
+        prep.problems.append(str(exc))
+    no_base = sorted(t for t in lora.pairs if t not in prep.state)
+    if no_base and not source.backbone_path:
+        prep.problems.append(
+            f"{len(no_base)} LoRA adapter pairs have no base weight in the checkpoint (e.g. "
+            f"{no_base[0]}); set backbone_path to the local kosmos-2-patch14-224 folder the "
+            "adapters were trained on, so W + alpha/r * B @ A can be merged")
+    prep.notes["lora"] = (f"{len(lora.pairs)} adapter pairs, rank {lora.rank()}, scale "
+                          f"{prep.lora_scale} (alpha/r), base weights from "
+                          f"{'backbone_path' if no_base else 'the checkpoint'}")
+
+
+def build_model(config: PolicyConfig, tokenizer: PromptTokenizer) -> MobileVLAPolicy:
+    """The policy module for ``config`` (seeded random weights until loaded)."""
+    return MobileVLAPolicy(config, tokenizer.prefix_ids, tokenizer.image_end_id,
+                           tokenizer.special_ids["<pad>"])
+
+
 def load_policy(source: ModelSource) -> LoadedPolicy:
     """Build the policy (eval mode, fp32, CPU) with its tokenizer and weights."""
-    ckpt, config_file, folder = resolve_paths(source)
-    config = (load_config_file(config_file, source.preset) if config_file
-              else preset_config(source.preset))
+    prep = prepare(source)
+    prep.fail_if_problems()
+    for item in prep.assumed:
+        LOG.warning("policy config: %s", item)
+    config, folder = prep.config, prep.folder
     tok_path = source.backbone_path or (folder / "tokenizer.json" if folder and
                                         (folder / "tokenizer.json").is_file() else None)
     tokenizer = PromptTokenizer(load_tokenizer(tok_path), config.prompt_template, config.pad_to)
-    special = tokenizer.special_ids
     torch.manual_seed(RANDOM_SEED)
-    model = MobileVLAPolicy(config, tokenizer.prefix_ids, tokenizer.image_end_id,
-                            special["<pad>"])
+    model = build_model(config, tokenizer)
     provided: set = set()
     described = []
     if source.backbone_path:
         provided = _load_backbone(model, Path(source.backbone_path))
         described.append(f"backbone from {source.backbone_path}")
-    if ckpt is not None:
-        report = load_into(model, read_state_dict(ckpt, source.allow_unsafe_pickle),
-                           strict=source.strict, provided=provided)
-        described.append(f"{report.loaded} tensors from {ckpt}")
-        if report.ignored:
-            LOG.info("ignored %d checkpoint keys (e.g. %s)", len(report.ignored),
-                     report.ignored[0])
+    if prep.checkpoint is not None:
+        state = dict(prep.state)
+        if prep.lora is not None and prep.lora.pairs:
+            ours = model.state_dict()
+            bases = {t: state.get(t, ours.get(t)) for t in prep.lora.pairs}
+            unknown = sorted(t for t, b in bases.items() if b is None)
+            if unknown:
+                raise CheckpointError(f"LoRA adapters target weights the model does not have: "
+                                      f"{unknown[:4]}")
+            state.update(merge_lora(prep.lora, bases, prep.lora_scale))
+            described.append(f"{len(prep.lora.pairs)} LoRA adapters merged")
+        report = load_into(model, state, strict=source.strict, provided=provided)
+        head = (f" ({prep.layout.name} layout)" if prep.layout and
+                prep.layout.name != "mobile_vla_node" else "")
+        described.append(f"{report.loaded} tensors from {prep.checkpoint}{head}")
+        ignored = sorted(set(prep.ignored) | set(report.ignored))
+        if ignored:
+            LOG.info("ignored %d checkpoint keys (e.g. %s)", len(ignored), ignored[0])
         if report.missing or report.unexpected:
             LOG.warning("non-strict load: %d missing, %d unexpected keys", len(report.missing),
                         len(report.unexpected))
@@ -114,17 +316,22 @@ def load_policy(source: ModelSource) -> LoadedPolicy:
                         weights="; ".join(described))
 
 
-def _load_backbone(model: MobileVLAPolicy, folder: Path) -> set:
-    """Load Kosmos-2 weights from a local Hugging Face folder into ``model.backbone``."""
+def backbone_files(folder: Path) -> list:
+    """The weight files of a local Hugging Face Kosmos-2 folder."""
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise CheckpointError(f"backbone_path {str(folder)!r} has no *.safetensors or "
                               "pytorch_model*.bin weights")
+    return files
+
+
+def _load_backbone(model: MobileVLAPolicy, folder: Path) -> set:
+    """Load Kosmos-2 weights from a local Hugging Face folder into ``model.backbone``."""
     state: dict = {}
-    for f in files:
+    for f in backbone_files(folder):
         state.update(read_state_dict(f))
     state = {("backbone." + k): v for k, v in state.items()}
-    report = load_into(model, state, strict=False)
+    report = load_into(model, state, strict=False, require_policy=False)
     loaded = {k for k in model.state_dict() if k.startswith("backbone.")} - set(report.missing)
     LOG.info("backbone: %d tensors from %s", report.loaded, folder)
     return loaded

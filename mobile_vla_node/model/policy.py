@@ -4,10 +4,12 @@ The work is split where the runtime splits it:
 
 * `encode_frame` runs once per camera frame: Kosmos-2 over
   ``<s> <image> [image] </image> prompt [action]``, where ``[action]`` is a learnable embedding;
-  the action slot's last hidden state is the frame's feature. Image normalization (uint8 -> CLIP
-  mean/std) happens here, on the model's device.
+  the action slot's last hidden state is the frame's feature. Image normalization (uint8 -> /255
+  -> the config's mean/std: none, CLIP or ImageNet) happens here, on the model's device, so
+  exported graphs carry it.
 * `decode` runs the LSTM from a given state over a window of cached features and maps the last
-  output to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1].
+  output to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1] (regression head) or
+  class logits (classification head).
 
 RoboVLMs' LSTMDecoder, at inference, re-runs the LSTM from a zero state over the last
 ``window_size`` features once the window is full (and carries state while it fills, which is the
@@ -40,21 +42,33 @@ class MLPTanhHead(nn.Module):
 
 
 class LSTMActionHead(nn.Module):
-    """LSTM over frame features, then the tanh MLP giving a chunk of actions."""
+    """LSTM over frame features, then the output layer giving a chunk.
+
+    ``head="regression"``: the tanh MLP ``actions`` -> (B, chunk, action_dim) in [-1, 1].
+    ``head="classification"``: the Linear ``logits`` (MobileVLAClassificationDecoder's) ->
+    (B, chunk, num_classes) raw logits; post-processing turns the argmax into a velocity.
+    """
 
     def __init__(self, in_features: int, hidden_size: int, num_layers: int, chunk: int,
-                 action_dim: int, mlp_hidden: tuple[int, ...]):
+                 action_dim: int, mlp_hidden: tuple[int, ...], head: str = "regression",
+                 num_classes: int = 0):
         super().__init__()
         self.chunk = chunk
-        self.action_dim = action_dim
         self.rnn = nn.LSTM(in_features, hidden_size, num_layers=num_layers, batch_first=True)
-        self.actions = MLPTanhHead(hidden_size, mlp_hidden, chunk * action_dim)
+        if head == "classification":
+            self.action_dim = num_classes
+            self.logits = nn.Linear(hidden_size, chunk * num_classes)
+            self.out_name = "logits"
+        else:
+            self.action_dim = action_dim
+            self.actions = MLPTanhHead(hidden_size, mlp_hidden, chunk * action_dim)
+            self.out_name = "actions"
 
     def forward(self, features: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
-        """Features (B, T, D) -> actions (B, chunk, action_dim), hn, cn."""
+        """Features (B, T, D) -> outputs (B, chunk, action_dim | num_classes), hn, cn."""
         out, (hn, cn) = self.rnn(features, (h0, c0))
-        actions = self.actions(out[:, -1])
-        return actions.view(-1, self.chunk, self.action_dim), hn, cn
+        head = getattr(self, self.out_name)
+        return head(out[:, -1]).view(-1, self.chunk, self.action_dim), hn, cn
 
 
 class MobileVLAPolicy(nn.Module):
@@ -71,7 +85,8 @@ class MobileVLAPolicy(nn.Module):
         self.action_token = nn.Parameter(torch.zeros(dim))
         self.act_head = LSTMActionHead(dim, config.lstm_hidden, config.lstm_layers,
                                        config.fwd_pred_next_n, config.action_dim,
-                                       tuple(config.mlp_hidden))
+                                       tuple(config.mlp_hidden), config.head,
+                                       config.num_classes)
         # Non-persistent: they come from the tokenizer and config, not from the checkpoint.
         self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long),
                              persistent=False)

@@ -7,9 +7,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# CLIP image statistics (Kosmos-2's processor); here so reading a config never imports torch.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .training_config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_NORMS,
+    RESIZE_FILTERS,
+    TrainingFacts,
+    is_team_config,
+    read_training_config,
+)
+
+HEADS = ("regression", "classification")
 
 DEFAULT_PROMPT = "<grounding>An image of a robot {instruction}"
 DEMO_POLICY_DIR = Path(__file__).resolve().parent / "demo_policy"
@@ -34,6 +42,15 @@ class PolicyConfig:
     pad_to: int = 0
     max_linear: float = 1.15
     chunk_step_period_s: float = 0.1
+    # Policy head: regression (tanh actions) or classification (logits over num_classes, each
+    # class a row [vx, vy, wz] of class_velocities); head_type names the training-side class.
+    head: str = "regression"
+    head_type: str = "mobile_vla_node"
+    num_classes: int = 0
+    class_velocities: list = field(default_factory=list)
+    # Image pipeline: normalization name (none, clip, imagenet, custom) and resize filter.
+    image_norm: str = "clip"
+    resize_filter: str = "bicubic"
 
     def __post_init__(self):
         for name in ("window_size", "fwd_pred_next_n", "lstm_hidden", "lstm_layers", "image_size"):
@@ -41,12 +58,46 @@ class PolicyConfig:
                 raise ValueError(f"policy config {name}={getattr(self, name)!r} must be >= 1")
         if self.action_dim not in (2, 3):
             raise ValueError(f"policy config action_dim={self.action_dim!r} must be 2 or 3")
+        self._check_head()
+        self._check_image()
         if "{instruction}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} lacks '{{instruction}}'")
         vision = self.backbone.get("vision_config", {})
         if vision.get("image_size", 224) != self.image_size:
             raise ValueError(f"image_size={self.image_size} differs from the backbone's "
                              f"vision_config.image_size={vision.get('image_size', 224)}")
+
+    def _check_head(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"policy config head={self.head!r} must be one of {list(HEADS)}")
+        if self.head == "regression":
+            if self.num_classes or self.class_velocities:
+                raise ValueError("policy config: num_classes/class_velocities need head "
+                                 "'classification'")
+            return
+        if int(self.num_classes) < 2:
+            raise ValueError(f"policy config num_classes={self.num_classes!r} must be >= 2 for "
+                             "head 'classification'")
+        table = self.class_velocities
+        if table and (len(table) != self.num_classes or
+                      any(len(row) != 3 for row in table)):
+            raise ValueError(f"policy config class_velocities must be {self.num_classes} rows "
+                             f"of [vx, vy, wz], got {table!r}")
+
+    def _check_image(self) -> None:
+        if self.resize_filter not in RESIZE_FILTERS:
+            raise ValueError(f"policy config resize_filter={self.resize_filter!r} must be one "
+                             f"of {list(RESIZE_FILTERS)}")
+        if self.image_norm == "custom":
+            return
+        if self.image_norm not in IMAGE_NORMS:
+            raise ValueError(f"policy config image_norm={self.image_norm!r} must be one of "
+                             f"{sorted(IMAGE_NORMS)} or 'custom'")
+        mean, std = IMAGE_NORMS[self.image_norm]
+        if (any(abs(a - b) > 1e-6 for a, b in zip(self.image_mean, mean, strict=True)) or
+                any(abs(a - b) > 1e-6 for a, b in zip(self.image_std, std, strict=True))):
+            raise ValueError(f"policy config image_norm={self.image_norm!r} but image_mean/"
+                             f"image_std are {self.image_mean}/{self.image_std}; use 'custom'")
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-serializable)."""
@@ -128,29 +179,22 @@ def preset_config(name: str, **overrides) -> PolicyConfig:
 def config_from_robovlms(training: dict, preset: str = "mobile-vla-kosmos2") -> PolicyConfig:
     """Map a RoboVLMs / Mobile-VLA training config (JSON dict) onto a preset.
 
-    Reads ``window_size``, ``fwd_pred_next_n``, ``act_head.{hidden_size, num_layers|n_layer,
-    action_dim, mlp_hidden}``, ``tokenizer.max_text_len``/``pad_to`` and ``max_linear``;
-    everything else keeps the preset's value. An already-native config (with ``backbone``) is
-    accepted as is.
+    What is read is documented in `training_config`; everything else keeps the preset's value.
+    An already-native config (with ``backbone``) is accepted as is.
     """
-    if "backbone" in training and "preset" in training:
-        return PolicyConfig.from_dict(training)
-    head = training.get("act_head", {}) or {}
-    overrides: dict = {}
-    pick = {
-        "window_size": training.get("window_size"),
-        "fwd_pred_next_n": training.get("fwd_pred_next_n", head.get("fwd_pred_next_n")),
-        "action_dim": head.get("action_dim", training.get("action_dim")),
-        "lstm_hidden": head.get("hidden_size"),
-        "lstm_layers": head.get("num_layers", head.get("n_layer")),
-        "mlp_hidden": head.get("mlp_hidden"),
-        "max_linear": training.get("max_linear"),
-        "pad_to": training.get("pad_to", (training.get("tokenizer") or {}).get("max_text_len")
-                               if training.get("pad_text", False) else None),
-        "prompt_template": training.get("prompt_template"),
-    }
-    overrides = {k: v for k, v in pick.items() if v is not None}
-    return preset_config(preset, **overrides)
+    return policy_config_from_training(training, preset)[0]
+
+
+def policy_config_from_training(training: dict, preset: str = "mobile-vla-kosmos2",
+                                path: str = "") -> tuple[PolicyConfig, TrainingFacts | None]:
+    """(PolicyConfig, the config's facts: reasons, assumptions, refusals; None if native)."""
+    if not is_team_config(training):
+        return PolicyConfig.from_dict(training), None
+    facts = read_training_config(training, path)
+    overrides = dict(facts.overrides)
+    if training.get("max_linear") is not None:
+        overrides["max_linear"] = training["max_linear"]
+    return preset_config(preset, **overrides), facts
 
 
 def load_config_file(path: Path, preset: str) -> PolicyConfig:

@@ -1,0 +1,137 @@
+"""Fixture checkpoints in the team's layouts, generated from the documented key tables.
+
+Dimensions are the `tiny` preset's (nothing downloaded). Layouts (docs/CHECKPOINTS.md):
+MobileVLALSTMDecoder keeps its MLP under ``act_head.velocities``; MobileVLAClassificationDecoder
+has ``act_head.logits`` plus loss buffers; Lightning prefixes every key with ``model.``; their
+``.pth`` files wrap ``model_state_dict`` with ``epoch``, ``optimizer_state_dict``, ``val_mae``
+and an ``argparse.Namespace`` ``args``; PEFT LoRA puts the backbone under ``base_model.model.``
+with ``<module>.base_layer.weight`` and ``<module>.lora_{A,B}.default.weight``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from mobile_vla_node.model.policy import MobileVLAPolicy
+from mobile_vla_node.model.presets import preset_config
+from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
+
+WINDOW, CHUNK = 4, 3
+LORA_TARGETS = ("text_model.model.layers.0.self_attn.q_proj",
+                "text_model.model.layers.1.ffn.fc1",
+                "vision_model.model.encoder.layers.0.mlp.fc1")
+
+
+def tiny_config(**overrides):
+    """The tiny preset as the team would train it: 2 velocities, chunk 3, H5 pipeline."""
+    base = dict(window_size=WINDOW, fwd_pred_next_n=CHUNK, action_dim=2, image_norm="none",
+                image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
+                resize_filter="bilinear", max_linear=1.15)
+    base.update(overrides)
+    return preset_config("tiny", **base)
+
+
+def build(config, seed: int = 0) -> MobileVLAPolicy:
+    """A tiny policy with scrambled weights (outputs clearly depend on every tensor)."""
+    tok = PromptTokenizer(builtin_tokenizer(), config.prompt_template)
+    torch.manual_seed(seed)
+    model = MobileVLAPolicy(config, tok.prefix_ids, tok.image_end_id, tok.special_ids["<pad>"])
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.dim() >= 2 else 0.05))
+    return model.eval()
+
+
+def training_json(head_type: str = "MobileVLALSTMDecoder", action_dim: int = 2, **top) -> dict:
+    """A training config shaped like minuum/vla Mobile_VLA/configs/mobile_vla_*.json."""
+    head = {"type": head_type, "hidden_size": 64, "action_dim": action_dim,
+            "down_sample": "none", "latent": 1, "fwd_pred_next_n": CHUNK, "window_size": WINDOW,
+            "action_space": "continuous", "with_history": True, "history_type": "post",
+            "num_layers": 2}
+    if head_type == "MobileVLAClassificationDecoder":
+        head.update(num_classes=6, class_weights=[1.0, 0.5, 2.0, 2.0, 1.0, 1.0])
+    data = {
+        "robovlm_name": "RoboKosMos", "model": "kosmos", "image_size": 224,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "window_size": WINDOW, "fwd_pred_next_n": CHUNK, "use_hand_rgb": False,
+        "use_vision_resampler": False,
+        "train_setup": {"freeze_backbone": True, "lora_enable": False, "lora_r": 32,
+                        "lora_alpha": 16},
+        "act_head": head,
+        "tokenizer": {"type": "AutoProcessor", "max_text_len": 256},
+        "train_dataset": {"type": "MobileVLAH5Dataset", "episode_pattern": "episode_*.h5"},
+        "norm_action": True, "norm_min": -1.0, "norm_max": 1.0,
+    }
+    data.update(top)
+    return data
+
+
+def to_team_keys(state: dict, head: str = "velocities") -> dict:
+    """Our key names -> the team head's (``actions`` -> ``velocities``; classification as is)."""
+    out = {}
+    for key, value in state.items():
+        if head == "velocities" and key.startswith("act_head.actions."):
+            key = "act_head.velocities." + key[len("act_head.actions."):]
+        out[key] = value.detach().clone()
+    return out
+
+
+def save_lightning(path: Path, state: dict) -> Path:
+    """A Lightning ``.ckpt``: ``state_dict`` with ``model.`` prefixes, plus trainer state."""
+    torch.save({"state_dict": {"model." + k: v for k, v in state.items()}, "epoch": 9,
+                "global_step": 4810, "pytorch-lightning_version": "2.1.0"}, str(path))
+    return path
+
+
+def save_pth(path: Path, state: dict) -> Path:
+    """Their earlier ``.pth``: model_state_dict + optimizer + val_mae + argparse ``args``."""
+    args = argparse.Namespace(data_path="/data/mobile_vla", batch_size=2, num_epochs=5,
+                              output_dir="results", save_interval=1)
+    torch.save({"epoch": 5, "model_state_dict": state,
+                "optimizer_state_dict": {"state": {0: {"step": torch.tensor(3.0)}},
+                                         "param_groups": [{"lr": 1e-4, "params": [0]}]},
+                "val_mae": 0.212, "args": args}, str(path))
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write a JSON config."""
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def peft_state(state: dict, lora: dict, with_base: bool = True) -> dict:
+    """Our state -> PEFT naming: backbone under base_model.model., adapters beside base_layer."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("backbone."):
+            out[key] = value
+            continue
+        if not with_base:
+            continue
+        inner = key[len("backbone."):]
+        module = inner.rsplit(".", 1)[0]
+        if module in lora:
+            inner = module + ".base_layer." + inner.rsplit(".", 1)[1]
+        out["backbone.base_model.model." + inner] = value
+    for module, (a, b) in lora.items():
+        out[f"backbone.base_model.model.{module}.lora_A.default.weight"] = a
+        out[f"backbone.base_model.model.{module}.lora_B.default.weight"] = b
+    return out
+
+
+def make_lora(state: dict, rank: int = 4, seed: int = 5) -> dict:
+    """Random adapters (A: r x in, B: out x r) for `LORA_TARGETS`."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for module in LORA_TARGETS:
+        w = state["backbone." + module + ".weight"]
+        out[module] = (torch.randn(rank, w.shape[1], generator=gen) * 0.3,
+                       torch.randn(w.shape[0], rank, generator=gen) * 0.3)
+    return out
