@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The local Triton server's own environment (see triton-env below).
+TRITON_PYTHON ?= /usr/bin/python3
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 # Keep all DDS traffic on loopback; pick another domain with `make demo ROS_DOMAIN_ID=7`.
 ROS_DOMAIN_ID ?= 77
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
@@ -11,7 +15,7 @@ export ROS_DOMAIN_ID
 # Camera-sized frames between processes (see config/fastdds_large_images.xml).
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 
-.PHONY: demo test test-unit robot-yaml lint venv clean
+.PHONY: demo test triton-env test-unit robot-yaml lint venv clean
 
 venv: $(STAMP)
 
@@ -25,7 +29,7 @@ $(STAMP): requirements.txt setup.py setup.cfg
 demo: $(STAMP)
 	$(BIN)/vla_demo --duration 10
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q test
 
 # Fast layer only: pure Python, no DDS, no child processes (markers: test/conftest.py LAYERS).
@@ -35,6 +39,18 @@ test-unit: $(STAMP)
 # config/robot.yaml from the parameter table in mobile_vla_node/core/config.py.
 robot-yaml: $(STAMP)
 	$(BIN)/python -m mobile_vla_node.ros.params_yaml --output config/robot.yaml
+
+# Local Triton Inference Server for the triton tests, `make triton-demo` and `vla_bench --mode
+# fleet` (docs/TRITON.md). Built from the system Python (the server's Python-backend stub links
+# its libpython3.X.so); needs python3-venv and libpython3.X (apt) on Debian/Ubuntu. ~35-80 s.
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): requirements-triton-server.txt
+	$(TRITON_PYTHON) -m venv $(TRITON_VENV) || { rm -rf $(TRITON_VENV); echo "make triton-env: \
+	$(TRITON_PYTHON) cannot create a venv: sudo apt-get install python3-venv libpython3-dev (or \
+	set TRITON_PYTHON to a system python3 whose libpython3.X.so is installed)"; exit 1; }
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r requirements-triton-server.txt
+	touch $(TRITON_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

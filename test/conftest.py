@@ -47,6 +47,12 @@ LAYERS = {
     "test_tensorrt.py": ("unit",),
     "test_team_checkpoints.py": ("unit",),
     "test_timing.py": ("unit",),
+    "test_triton.py": ("slow",),  # a real tritonserver on localhost (make triton-env)
+    "test_triton.py::test_pbtxt_string_escapes_json": ("unit",),
+    "test_triton.py::test_model_config_has_batching_instances_and_parameters": ("unit",),
+    "test_triton.py::test_read_headers": ("unit",),
+    "test_triton.py::test_stats_delta_and_instance_device": ("unit",),
+    "test_triton.py::test_tls_files_are_checked_before_connecting": ("unit",),
 }
 
 

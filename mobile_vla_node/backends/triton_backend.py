@@ -30,7 +30,8 @@ import numpy as np
 
 from ..core.timing import LatencyWindow
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend, ModelSpec
+from .base import BackendError, BackendInfo, InferenceBackend
+from .onnx_format import ExportFormatError, model_spec_from_metadata
 
 TRITON_INSTALL = "pip install 'tritonclient[grpc]' (requirements.txt pins it)"
 ENCODER_SUFFIX = "_encoder"
@@ -275,12 +276,11 @@ class TritonBackend(InferenceBackend):
                                f"{PARAM_PREFIX}format is {params.get('format')!r}); write the "
                                "repository with `vla_export triton`")
         try:
-            spec = json.loads(params["model_spec"])
-            self.spec = ModelSpec(**{k: spec[k] for k in ModelSpec.__dataclass_fields__})
+            self.spec = model_spec_from_metadata({"model_spec": json.loads(params["model_spec"])})
             self.tokenizer = PromptTokenizer.from_json(params["tokenizer"])
             self.export = json.loads(params.get("export") or "{}")
             self.policy_config = json.loads(params.get("policy_config") or "{}")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ExportFormatError) as exc:
             raise BackendError(f"backend triton: model {name!r} has unusable {PARAM_PREFIX}* "
                                f"parameters ({type(exc).__name__}: {exc})") from exc
         self.max_text_len = self.export.get("max_text_len")

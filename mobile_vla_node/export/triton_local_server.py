@@ -134,6 +134,7 @@ class LocalTriton:
     http_port: int = 0
     metrics_port: int = 0
     extra_env: dict = field(default_factory=dict)
+    extra_args: list = field(default_factory=list)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -168,7 +169,8 @@ class LocalTriton:
                 "--http-address=127.0.0.1", "--allow-metrics=false",
                 "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
                 f"--backend-config=python,shm-default-byte-size={SHM_BYTES}",
-                f"--backend-config=python,shm-region-prefix-name=vla{os.getpid()}x{self.grpc_port}"]
+                f"--backend-config=python,shm-region-prefix-name=vla{os.getpid()}x"
+                f"{self.grpc_port}", *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)

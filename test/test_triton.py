@@ -1,0 +1,294 @@
+"""backend triton against a real Triton Inference Server on localhost, over real gRPC.
+
+The server is NVIDIA's ``tritonserver`` from the nvidia-pytriton wheel, in its own environment
+(``make triton-env``; ``make test`` builds it first), serving the repository `vla_export triton`
+writes, with the ONNX graphs run by ONNX Runtime inside Triton's Python backend. The client is
+the robot's: `TritonBackend` with ``tritonclient.grpc``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobile_vla_node.backends import BackendError, create_backend
+from mobile_vla_node.backends.triton_backend import (
+    TritonStepError,
+    instance_device,
+    read_headers,
+    stats_delta,
+)
+from mobile_vla_node.core.config import BackendConfig
+from mobile_vla_node.export.triton_local_server import (
+    DEFAULT_ENV,
+    LocalTriton,
+    python_config,
+)
+from mobile_vla_node.export.triton_repo import model_config, pbtxt_string
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in requirements.txt")
+needs_server = pytest.mark.skipif(
+    not (DEFAULT_ENV / ".installed").exists(),
+    reason=f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env` "
+           "(`make test` builds it first)")
+COMMAND = "go to the red box"
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+def test_pbtxt_string_escapes_json():
+    text = 'a "quoted" \\ back\nslash\ttab\x01'
+    assert pbtxt_string(text) == '"a \\"quoted\\" \\\\ back\\nslash\\ttab\\001"'
+
+
+def test_model_config_has_batching_instances_and_parameters():
+    text = model_config("m_encoder", inputs={"image": ("TYPE_UINT8", [224, 224, 3])},
+                        outputs={"feature": ("TYPE_FP32", [64])}, max_batch=8,
+                        backend="onnxruntime", instance_kind="KIND_GPU", instances=2, gpus=[0],
+                        queue_delay_us=500, parameters={"format": "1", "x": '{"a": 1}'})
+    assert 'backend: "onnxruntime"' in text and "max_batch_size: 8" in text
+    assert "max_queue_delay_microseconds: 500" in text and "allow_timeout_override: true" in text
+    assert "count: 2 kind: KIND_GPU gpus: [ 0 ]" in text
+    assert 'key: "mobile_vla.x" value: { string_value: "{\\"a\\": 1}" }' in text
+    local = python_config(text)
+    assert 'backend: "python"' in local and "kind: KIND_CPU" in local and "gpus" not in local
+    assert local.replace('backend: "python"', 'backend: "onnxruntime"').replace(
+        "count: 2 kind: KIND_CPU", "count: 2 kind: KIND_GPU gpus: [ 0 ]") == text
+
+
+def test_read_headers(tmp_path):
+    path = tmp_path / "headers"
+    path.write_text("# api key\nX-API-Key: secret\n\nAuthorization: Bearer abc:def\n")
+    assert read_headers(str(path)) == {"x-api-key": "secret", "authorization": "Bearer abc:def"}
+    assert read_headers("") == {}
+    path.write_text("no colon here\n")
+    with pytest.raises(BackendError, match="line 1"):
+        read_headers(str(path))
+    with pytest.raises(BackendError, match="does not exist"):
+        read_headers(str(tmp_path / "missing"))
+
+
+def test_stats_delta_and_instance_device():
+    def stats(n, ns, queue, infer, executions):
+        return {"execution_count": executions, "inference_stats": {
+            "success": {"count": n, "ns": ns}, "queue": {"count": n, "ns": queue},
+            "compute_input": {"count": n, "ns": 0}, "compute_infer": {"count": n, "ns": infer},
+            "compute_output": {"count": n, "ns": 0}}}
+
+    delta = stats_delta(stats(30, 9e7, 3e7, 4e7, 10), stats(10, 3e7, 1e7, 2e7, 5))
+    assert delta["requests"] == 20 and delta["executions"] == 5
+    assert delta["request_ms"] == pytest.approx(3.0) and delta["queue_ms"] == pytest.approx(1.0)
+    assert delta["compute_ms"] == pytest.approx(1.0)
+    assert stats_delta(stats(10, 1, 1, 1, 1), stats(10, 1, 1, 1, 1))["requests"] == 0
+    assert instance_device({"instance_group": [{"kind": "KIND_GPU", "gpus": [1], "count": 2}]}) \
+        == "KIND_GPU gpus [1] x2"
+
+
+def test_bad_url_is_one_clear_line():
+    for url in ("localhost:1", "no-such-host.invalid:8001"):
+        backend = create_backend(BackendConfig(backend="triton", triton_url=url,
+                                               triton_timeout_ms=2000))
+        with pytest.raises(BackendError, match="no Triton server at .* answers") as info:
+            backend.load()
+        assert "\n" not in str(info.value) and url in str(info.value)
+
+
+def test_tls_files_are_checked_before_connecting(tmp_path):
+    cfg = BackendConfig(backend="triton", triton_root_cert=str(tmp_path / "ca.pem"))
+    with pytest.raises(BackendError, match="triton_ssl is false"):
+        create_backend(cfg).load()
+    cfg = BackendConfig(backend="triton", triton_ssl=True, triton_root_cert=str(tmp_path / "x"))
+    with pytest.raises(BackendError, match="does not exist"):
+        create_backend(cfg).load()
+
+
+# --- against a real server --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The tiny demo policy as a Triton repository (CPU instances), via `vla_export triton`."""
+    from mobile_vla_node.export.triton_repo import main
+
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    assert main(["--preset", "tiny", "--output", str(out), "--instance-kind", "cpu",
+                 "--max-batch", "4"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    with LocalTriton(repo, tmp_path_factory.mktemp("server")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def torch_backend():
+    backend = create_backend(BackendConfig(backend="torch", model_preset="tiny",
+                                           warmup_iters=0))
+    backend.load()
+    return backend
+
+
+def triton(url: str, **kw):
+    backend = create_backend(BackendConfig(backend="triton", triton_url=url, **kw))
+    backend.load()
+    return backend
+
+
+def frames(n: int, size: int = 224) -> list:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def run_window(backend, images, ids, window):
+    """Feed frames as the runtime does (history of window - 1 features); return all actions."""
+    history, out = [], []
+    for image in images:
+        past = np.stack(history) if history else np.zeros((0, backend.spec.feature_dim),
+                                                          np.float32)
+        feature, actions = backend.infer(image, ids, past)
+        history = (history + [feature])[-(window - 1):]
+        out.append((feature, actions))
+    return out
+
+
+@needs_server
+def test_parity_with_torch_on_the_same_weights(server, torch_backend):
+    remote = triton(server.url)
+    try:
+        assert remote.spec == torch_backend.spec
+        ids = remote.tokenizer.encode(COMMAND)
+        assert list(ids) == list(torch_backend.tokenizer.encode(COMMAND))
+        images = frames(6)
+        window = remote.spec.window_size
+        got = run_window(remote, images, ids, window)
+        want = run_window(torch_backend, images, ids, window)
+        for (f1, a1), (f2, a2) in zip(got, want, strict=True):
+            assert np.abs(f1 - f2).max() < 1e-4
+            assert np.abs(a1 - a2).max() < 1e-4
+    finally:
+        remote.close()
+
+
+@needs_server
+def test_describe_says_what_serves_and_splits_network_from_server_time(server):
+    remote = triton(server.url)
+    try:
+        info = remote.describe()
+        assert info.name == "triton" and info.device == "triton KIND_CPU x1"
+        assert info.provider.startswith("triton 2.") and info.provider.endswith("python")
+        assert info.model == f"{server.url}/mobile_vla_encoder:1"
+        values = info.as_values()
+        assert values["triton_step_model"] == "mobile_vla_step:1"
+        assert values["triton_state"] == "connected"
+        ids = remote.tokenizer.encode(COMMAND)
+        history = np.zeros((remote.spec.window_size - 1, remote.spec.feature_dim), np.float32)
+        image = frames(1)[0]
+
+        def server_figures():
+            remote.infer(image, ids, history)
+            return remote.describe().as_values()["triton_server_compute_ms"] != "n/a"
+
+        deadline = time.monotonic() + 60
+        while not server_figures():
+            assert time.monotonic() < deadline, "Triton statistics never arrived"
+        values = remote.describe().as_values()
+        server_ms = float(values["triton_server_request_ms"])
+        assert 0 < float(values["triton_server_compute_ms"]) <= server_ms
+        assert float(values["triton_network_ms"]) >= 0
+        assert float(values["triton_rtt_p50_ms"]) > 0
+    finally:
+        remote.close()
+
+
+@needs_server
+def test_wrong_model_name_lists_what_the_server_has(server):
+    with pytest.raises(BackendError, match="model 'nope_encoder'") as info:
+        triton(server.url, triton_model="nope")
+    assert "mobile_vla_encoder" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_server_killed_mid_run_fails_fast_and_recovers(repo, tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    srv = LocalTriton(repo, tmp_path).start().wait_ready()
+    remote = None
+    try:
+        remote = triton(srv.url, triton_timeout_ms=1000, triton_reconnect_max_s=0.5)
+        ids = remote.tokenizer.encode(COMMAND)
+        image = frames(1)[0]
+        empty = np.zeros((0, remote.spec.feature_dim), np.float32)
+        remote.infer(image, ids, empty)
+        srv.kill()
+        with pytest.raises(TritonStepError):
+            remote.infer(image, ids, empty)
+        # While down, every step fails (from the server or the backoff gate), none hangs.
+        for _ in range(5):
+            with pytest.raises(TritonStepError):
+                remote.infer(image, ids, empty)
+        values = remote.describe().as_values()
+        assert values["triton_state"].startswith("failing") and int(values["triton_failures"])
+        srv.start().wait_ready()  # same ports, as a restarted server
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                feature, actions = remote.infer(image, ids, empty)
+                break
+            except TritonStepError:
+                assert time.monotonic() < deadline, "no recovery after the server came back"
+                time.sleep(0.1)
+        assert np.isfinite(actions).all()
+        values = remote.describe().as_values()
+        assert values["triton_state"] == "connected" and values["triton_recoveries"] == "1"
+    finally:
+        if remote is not None:
+            remote.close()
+        srv.stop()
+
+
+def test_slow_server_step_fails_within_the_timeout(repo, tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    delay_ms = 4000
+    srv = LocalTriton(repo, tmp_path, extra_env={"MOBILE_VLA_TRITON_DELAY_MS": delay_ms})
+    srv.start().wait_ready()
+    try:
+        # Start-up calls (health, metadata, config) do not run the model, so they are fast.
+        remote = triton(srv.url, triton_timeout_ms=300)
+        ids = remote.tokenizer.encode(COMMAND)
+        empty = np.zeros((0, remote.spec.feature_dim), np.float32)
+        start = time.monotonic()
+        with pytest.raises(TritonStepError, match="DEADLINE_EXCEEDED"):
+            remote.infer(frames(1)[0], ids, empty)
+        # The client gave up at its deadline, long before the server would have answered.
+        assert time.monotonic() - start < delay_ms / 1e3
+        remote.close()
+    finally:
+        srv.stop()
+
+
+def test_credentials_header_is_sent(repo, tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    srv = LocalTriton(repo, tmp_path, extra_args=[
+        "--grpc-restricted-protocol=inference,model-config,model-repository:x-api-key=s3cret"])
+    srv.start().wait_ready()
+    try:
+        with pytest.raises(BackendError, match="mobile_vla_encoder"):
+            triton(srv.url)
+        headers = Path(tmp_path / "headers")
+        # Triton's own check reads the key from this header (an auth proxy would use its own).
+        headers.write_text("triton-grpc-protocol-x-api-key: s3cret\n")
+        remote = triton(srv.url, triton_headers_file=str(headers))
+        ids = remote.tokenizer.encode(COMMAND)
+        _, actions = remote.infer(frames(1)[0], ids,
+                                  np.zeros((0, remote.spec.feature_dim), np.float32))
+        assert actions.shape == (remote.spec.chunk, remote.spec.action_dim)
+        remote.close()
+    finally:
+        srv.stop()
