@@ -73,7 +73,12 @@ class BackendConfig:
                                   0, 256)
     engine_rebuild: str = param("never", "rebuild a mismatched TensorRT engine", choices=("never",
                                                                                           "auto"))
-    cuda_graph: bool = param(False, "capture the TensorRT step in a CUDA graph")
+    cuda_graph: bool = param(False, "replay CUDA graphs: TensorRT's full-window step; torch on "
+                                    "CUDA: encoder per prompt length and window step per length "
+                                    "(unavailable on cpu, reported)")
+    device_preprocess: bool = param(True, "torch on CUDA: resize the camera frame on the GPU "
+                                          "(PIL-matching within 2 uint8 levels); false: PIL on "
+                                          "the CPU")
     triton_url: str = param("localhost:8001", "Triton gRPC endpoint host:port (backend triton)")
     triton_model: str = param("mobile_vla", "Triton model name prefix: serves NAME_encoder and "
                                             "NAME_step (vla_export triton)")
