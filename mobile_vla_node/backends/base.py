@@ -10,6 +10,11 @@ A backend owns one loaded policy and runs its two stages on numpy arrays:
 
 ``infer`` is both in one call. History, command handling and post-processing live in
 `core.runtime.PolicyRuntime`, shared by all backends.
+
+A backend whose ``preprocesses_on_device`` is true after `load` also takes the decoded camera
+frame as it is: ``infer_raw(rgb, text_ids, history, channel_order)`` with uint8 (H, W, 3) RGB of
+any size; it resizes (like `core.preprocess.to_model_input`) and normalizes on its device, so the
+CPU does no per-pixel work. `PolicyRuntime.step` calls it instead of ``prepare`` + ``infer``.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ class InferenceBackend(ABC):
     """Load once, warm up, then `infer` per frame; `close` releases device memory."""
 
     name = "base"
+    # True (set by load) when infer_raw resizes and normalizes the camera frame on the device.
+    preprocesses_on_device = False
 
     def __init__(self, config):
         self.config = config
@@ -116,6 +123,14 @@ class InferenceBackend(ABC):
         if len(history):
             window = np.concatenate([history, window], axis=0)
         return feature, self.decode(window)
+
+    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
+                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+        """`infer` on a decoded RGB uint8 (H, W, 3) frame of any size (resized here on the CPU)."""
+        from ..core.preprocess import to_model_input
+
+        return self.infer(to_model_input(rgb, self.spec.image_size, channel_order,
+                                         self.spec.resize_filter), text_ids, history)
 
     def warmup(self, iters: int = 3) -> None:
         """Run the full step on dummy inputs (allocations, kernel selection, lazy init)."""

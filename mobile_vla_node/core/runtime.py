@@ -18,7 +18,16 @@ import numpy as np
 
 from .config import ActionConfig
 from .postprocess import ActionPostprocessor
-from .preprocess import to_model_input
+from .preprocess import ImageError, to_model_input
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The checks `to_model_input` makes, for a frame a backend resizes on its device."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or (
+            rgb.dtype != np.uint8):
+        raise ImageError(f"expected uint8 (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} "
+                         f"{getattr(rgb, 'shape', '')}")
+    return rgb
 
 
 @dataclass
@@ -73,9 +82,16 @@ class PolicyRuntime:
         return to_model_input(rgb, self.spec.image_size, self.channel_order, self.resize_filter)
 
     def step(self, rgb: np.ndarray) -> StepResult | None:
-        """Run one frame; None without a command or if the command changed meanwhile."""
+        """Run one frame; None without a command or if the command changed meanwhile.
+
+        A backend with ``preprocesses_on_device`` gets the decoded frame itself (`infer_raw`):
+        then ``preprocess_ms`` is only the frame check and the resize is inside ``inference_ms``.
+        """
         t0 = time.perf_counter()
-        image = self.prepare(rgb)
+        # Device resizing reproduces PIL bicubic only; other filters resize on the CPU.
+        on_device = (getattr(self.backend, "preprocesses_on_device", False)
+                     and self.resize_filter == "bicubic")
+        image = check_rgb(rgb) if on_device else self.prepare(rgb)
         t1 = time.perf_counter()
         with self._lock:
             if self.text_ids is None:
@@ -83,7 +99,10 @@ class PolicyRuntime:
             ids, generation = self.text_ids, self.generation
             history = (np.stack(self.history) if self.history
                        else np.zeros((0, self.spec.feature_dim), np.float32))
-        feature, actions = self.backend.infer(image, ids, history)
+        if on_device:
+            feature, actions = self.backend.infer_raw(image, ids, history, self.channel_order)
+        else:
+            feature, actions = self.backend.infer(image, ids, history)
         t2 = time.perf_counter()
         with self._lock:
             if generation != self.generation:
