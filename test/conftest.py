@@ -43,6 +43,7 @@ LAYERS = {
     "test_replay.py": ("slow",),
     "test_replay_live.py": ("ros", "slow"),
     "test_runtime.py": ("unit",),
+    "test_runtime_imports.py": ("unit",),  # a plain Python child process, no DDS
     "test_safety.py": ("unit",),
     "test_tensorrt.py": ("unit",),
     "test_team_checkpoints.py": ("unit",),

@@ -58,25 +58,33 @@ def read_props(path: str | Path) -> dict:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def decode_metadata(raw: dict, where: str | Path) -> dict:
+    """Export metadata with plain keys: the ``mobile_vla.`` prefix stripped, JSON values decoded.
+
+    The one parser of export metadata (the ONNX backend, `vla_export verify` and the TensorRT
+    build all come here). Keys may carry the prefix or not; values of `JSON_KEYS` may be JSON
+    text (as stored in ``metadata_props``) or already decoded.
+    """
+    out: dict = {}
+    for key, value in raw.items():
+        name = key[len(META_PREFIX):] if key.startswith(META_PREFIX) else key
+        if name in JSON_KEYS and isinstance(value, (str, bytes)):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ExportFormatError(f"{str(where)!r}: metadata {key!r} is not valid JSON: "
+                                        f"{exc}") from exc
+        out[name] = value
+    return out
+
+
 def parse_props(props: dict, path: str | Path) -> dict:
     """``mobile_vla.*`` props -> ``{key: value}`` without the prefix, JSON values parsed."""
     if props.get(META_PREFIX + "format") is None:
         raise ExportFormatError(f"{str(path)!r} is not a mobile_vla export (no "
                                 f"{META_PREFIX}format metadata); create one with "
                                 "`vla_export onnx --output FILE.onnx ...`")
-    out: dict = {}
-    for key, value in props.items():
-        if not key.startswith(META_PREFIX):
-            continue
-        name = key[len(META_PREFIX):]
-        if name in JSON_KEYS:
-            try:
-                out[name] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ExportFormatError(f"{str(path)!r}: metadata {key} is not valid JSON: "
-                                        f"{exc}") from exc
-        else:
-            out[name] = value
+    out = decode_metadata({k: v for k, v in props.items() if k.startswith(META_PREFIX)}, path)
     if out["format"] != FORMAT_VERSION:
         raise ExportFormatError(f"{str(path)!r} has export format {out['format']!r}; this "
                                 f"package reads format {FORMAT_VERSION!r} (re-export it)")

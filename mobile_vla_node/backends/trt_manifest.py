@@ -19,6 +19,8 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from .onnx_format import META_PREFIX, ExportFormatError, decode_metadata
+
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 # Parity tolerance (max abs difference to the ONNX reference) per engine precision.
@@ -29,8 +31,6 @@ DEFAULT_WORKSPACE_MB = 2048
 DEFAULT_CALIB_BATCHES = 128
 # Encoder sequence = <s> <image> + latent image tokens + </image> + prompt + action token.
 FIXED_PROMPT_TOKENS = 4
-METADATA_PREFIX = "mobile_vla."
-JSON_METADATA = ("model_spec", "policy_config", "normalization", "export", "parity")
 # Runtime facts an engine is tied to.
 RUNTIME_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
 
@@ -95,26 +95,20 @@ def onnx_digest(onnx: str | Path) -> str:
 
 
 def normalize_metadata(raw: dict) -> dict:
-    """Export metadata with plain keys (``model_spec``, ...) and JSON values decoded.
+    """Export metadata (`onnx_format.decode_metadata`) with ``tokenizer`` as JSON text.
 
-    Accepts keys with or without the ``mobile_vla.`` prefix and values that are either JSON text
-    (as stored in ONNX ``metadata_props``) or already decoded; ``tokenizer`` stays JSON text (the
-    form `PromptTokenizer.from_json` reads).
+    ``tokenizer`` stays JSON text (the form `PromptTokenizer.from_json` reads); ``model_spec``
+    and ``tokenizer`` must be there.
     """
-    out: dict = {}
-    for key, value in raw.items():
-        name = key[len(METADATA_PREFIX):] if key.startswith(METADATA_PREFIX) else key
-        if name in JSON_METADATA and isinstance(value, (str, bytes)):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"export metadata {key!r} is not valid JSON: {exc}") from exc
-        if name == "tokenizer" and not isinstance(value, str):
-            value = json.dumps(value)
-        out[name] = value
+    try:
+        out = decode_metadata(raw, "export metadata")
+    except ExportFormatError as exc:
+        raise ManifestError(str(exc)) from exc
+    if "tokenizer" in out and not isinstance(out["tokenizer"], str):
+        out["tokenizer"] = json.dumps(out["tokenizer"])
     for name in ("model_spec", "tokenizer"):
         if not out.get(name):
-            raise ManifestError(f"export metadata lacks {METADATA_PREFIX}{name}; re-export the "
+            raise ManifestError(f"export metadata lacks {META_PREFIX}{name}; re-export the "
                                 "ONNX model with `vla_export onnx`")
     return out
 
