@@ -32,6 +32,7 @@ setup(
             f"vla_export = {PACKAGE}.export.cli:main",
             f"vla_replay = {PACKAGE}.replay.cli:main",
             f"vla_bench = {PACKAGE}.bench.cli:main",
+            f"vla_stress = {PACKAGE}.stress.cli:main",
         ],
     },
 )

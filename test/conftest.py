@@ -45,6 +45,8 @@ LAYERS = {
     "test_runtime.py": ("unit",),
     "test_runtime_imports.py": ("unit",),  # a plain Python child process, no DDS
     "test_safety.py": ("unit",),
+    "test_stress.py": ("unit",),
+    "test_stress.py::test_smoke_command_100hz_null_backend": ("ros", "slow"),
     "test_tensorrt.py": ("unit",),
     "test_team_checkpoints.py": ("unit",),
     "test_timing.py": ("unit",),

@@ -1,0 +1,1 @@
+"""`vla_stress`: the reliability benchmark (the node under load, signals and time jumps)."""
