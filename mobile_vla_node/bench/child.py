@@ -57,12 +57,14 @@ def backend_config(job: dict):
     on_cuda = job["device"].startswith("cuda")
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda
                  else ["CPUExecutionProvider"])
-    return BackendConfig(
+    values = dict(
         backend=job["backend"], model_preset=job["preset"], model_path=job.get("model_path", ""),
         device=job["device"], precision=job["precision"], warmup_iters=0, providers=providers,
         # A dropped CUDA provider then shows up as a CPU device, which the parent refuses to
         # compare against a GPU backend (instead of failing here with a less useful message).
         allow_provider_fallback=on_cuda)
+    values.update(job.get("backend_params", {}))  # vla_bench --backend-param
+    return BackendConfig(**values)
 
 
 def _sync(backend) -> None:

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="node mode: camera rate fed to the node (default 30)")
     p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
                    help="node mode: extra node parameter (repeatable), e.g. intra_op_threads=1")
+    p.add_argument("--backend-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="model/pipeline modes: BackendConfig field for every backend "
+                        "(repeatable), e.g. cuda_graph=true, device_preprocess=false")
     p.add_argument("--device-spec", default=",".join(limits.SPECS),
                    help=f"named specs for the physical limit ({', '.join(limits.SPECS)})")
     p.add_argument("--bandwidth-gbs", type=float, help="user-given memory bandwidth, GB/s")
@@ -105,6 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-path", type=Path, help="existing TensorRT FILE.engine (else built "
                    "from the ONNX export)")
     return p
+
+
+def backend_params(items: list[str]) -> dict:
+    """``NAME=VALUE`` strings -> BackendConfig overrides, typed like each field's default."""
+    from dataclasses import MISSING, fields
+
+    from ..core.config import BackendConfig
+
+    known = {f.name: f for f in fields(BackendConfig)}
+    out: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--backend-param {item!r} must be NAME=VALUE with NAME one of "
+                             f"{sorted(known)}")
+        f = known[name]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--backend-param {item!r}: {name} takes true or false")
+            out[name] = text.lower() in ("true", "1")
+        elif isinstance(default, (int, float)):
+            try:
+                out[name] = type(default)(text)
+            except ValueError as exc:
+                raise ValueError(f"--backend-param {item!r}: {exc}") from exc
+        elif isinstance(default, list):
+            out[name] = [v for v in text.split(",") if v]
+        else:
+            out[name] = text
+    return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -131,6 +165,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not sep or not name:
             parser.error(f"--node-param {item!r} must be NAME=VALUE")
         args.node_params[name] = value
+    try:
+        args.backend_params = backend_params(args.backend_param)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.rates = args.control_rate_hz or _rates(NODE_DEFAULT_RATES if args.mode == "node"
                                                 else DEFAULT_RATES)
     args.preset = args.preset or CHECKPOINT_DEFAULT_PRESET
@@ -274,13 +312,15 @@ def run_children(args, workdir: Path) -> dict:
     jobs = []
     base = {"preset": args.preset, "device": args.device, "mode": args.mode, "iters": args.iters,
             "warmup": args.warmup, "seed": 0, "prompt": PROMPT,
-            "resolutions": [list(r) for r in RESOLUTIONS]}
+            "resolutions": [list(r) for r in RESOLUTIONS],
+            "backend_params": args.backend_params}
     want_parity = args.reference == "torch" and any(b != "torch" or args.precision != "fp32"
                                                     for b in args.backends if b != "null")
     cases = str(workdir / "parity_cases.npz")
     ref_in_run = "torch" in args.backends and args.precision == "fp32"
     if want_parity and not ref_in_run:
         jobs.append(dict(base, backend="torch", precision="fp32", mode="reference",
+                         backend_params={},  # the reference runs with the defaults
                          model_path=model_path(args, "torch"), cases_path=cases,
                          make_cases=True, outputs_path=str(workdir / "reference.npz")))
     order = sorted(args.backends, key=lambda b: b != "torch")
@@ -320,6 +360,7 @@ def _main(args, argv: list[str]) -> int:
                     "checkpoint": str(args.checkpoint or ""), "parameters": params,
                     "precision": args.precision, "requested_device": args.device,
                     "iters": args.iters, "warmup": args.warmup, "prompt": PROMPT,
+                    "backend_params": args.backend_params,
                     "control_rates_hz": args.rates, "environment": environment(argv)}
     with tempfile.TemporaryDirectory(prefix="vla_bench_") as tmp:
         workdir = Path(tmp)
