@@ -66,27 +66,27 @@ class Probe:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import Bool, Float64MultiArray, String
+
+        from mobile_vla_node.ros.qos import profile
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.image_pub = self.node.create_publisher(
-            Image, "/camera/image_raw",
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.command_pub = self.node.create_publisher(String, "/vla/command", latched)
-        self.enable_pub = self.node.create_publisher(Bool, "/vla/enable", latched)
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", profile("camera"))
+        self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
+        self.enable_pub = self.node.create_publisher(Bool, "/vla/enable", profile("enable"))
         self.lock = threading.Lock()
         self.twists: list = []
         self.diagnostics: list = []
         self.timings: list = []
-        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, 50)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, profile("record"))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
+                                      profile("diagnostics"))
         self.node.create_subscription(Float64MultiArray, "/vla_node/step_timing",
-                                      lambda m: self._append(self.timings, list(m.data)), 50)
+                                      lambda m: self._append(self.timings, list(m.data)),
+                                      profile("record"))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)

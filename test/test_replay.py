@@ -315,3 +315,33 @@ def test_existing_output_bag_is_not_overwritten(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in bag.iterdir()) == before
     shutil.rmtree(bag)
+
+
+def test_bag_offers_the_profiles_of_the_one_qos_table(tmp_path):
+    """Written bags offer each topic's `ros.qos.QOS` profile; play publishes with the same."""
+    from rosbags.interfaces import QosDurability, QosReliability
+
+    from mobile_vla_node.ros.qos import QOS, profile
+
+    bag = tmp_path / "qos"
+    with bagio.BagWriter(bag) as w:
+        w.write("/vla/enable", bagio.BOOL, 1, bagio.bool_msg(False))
+        w.write("/vla/command", bagio.STRING, 1, bagio.string_msg("turn left"))
+        w.write("/cmd_vel", bagio.TWIST, 1, bagio.twist_msg((0.0, 0.0, 0.0)))
+        msgtype, msg = bagio.frame_message(np.zeros((4, 4, 3), np.uint8), "rgb8", 1)
+        w.write("/camera/image_raw", msgtype, 1, msg)
+        w.write("/other", bagio.STRING, 1, bagio.string_msg("x"))
+    roles = {}
+    with bagio.reading(bag) as reader:
+        for conn in reader.connections:
+            role = roles[conn.topic] = bagio.qos_role(conn.topic, conn.msgtype)
+            offered, spec = conn.ext.offered_qos_profiles[0], QOS[role]
+            assert offered.depth == spec.depth
+            assert (offered.reliability == QosReliability.RELIABLE) == spec.reliable
+            assert (offered.durability == QosDurability.TRANSIENT_LOCAL) == spec.transient_local
+    assert roles == {"/vla/enable": "enable", "/vla/command": "command", "/cmd_vel": "cmd_vel",
+                     "/camera/image_raw": "camera", "/other": "other"}
+    # the e-stop is latched on both ends (a volatile publisher would never reach the node)
+    assert QOS["enable"].reliable and QOS["enable"].transient_local
+    rclpy_qos = pytest.importorskip("rclpy.qos")
+    assert profile("enable").durability == rclpy_qos.DurabilityPolicy.TRANSIENT_LOCAL

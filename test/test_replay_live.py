@@ -61,12 +61,98 @@ def recorded(path) -> dict:
     return out
 
 
-def test_node_qos_matches_play():
-    from mobile_vla_node import node
-    from mobile_vla_node.replay.cli import ros_qos
+def control_values(diag_msg) -> dict | None:
+    for status in diag_msg.status:
+        if status.name == "vla_node: control":
+            return {kv.key: kv.value for kv in status.values}
+    return None
 
-    assert ros_qos("camera") == node.CAMERA_QOS
-    assert ros_qos("latched") == node.LATCHED_QOS
+
+def wait_until_driving_ready(domain: int, timeout: float = 120.0) -> bool:
+    """Wait for the node's diagnostics to show it loaded and active (waiting for a command)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+
+    from mobile_vla_node.ros.qos import profile
+
+    ready = []
+
+    def on_diag(msg):
+        values = control_values(msg)
+        if values and values.get("stop_reason") not in ("unconfigured", "inactive", "", None):
+            ready.append(values)
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node("estop_test_probe", context=context)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, profile("diagnostics"))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    return bool(ready)
+
+
+def test_play_enable_false_in_bag_stops_live_node(tmp_path):
+    """A recorded e-stop (/vla/enable false) played by vla_replay reaches the node and stops it.
+
+    play publishes /vla/enable with the node's own profile (reliable, transient local); with a
+    volatile publisher the pair is incompatible and the message never arrives.
+    """
+    from mobile_vla_node.demo import synthetic
+    from mobile_vla_node.ros.process import node_argv
+
+    scene = synthetic.Scene("move forward", (synthetic.Box("red", -0.5, 0.3),), 1)
+    bag, rec = tmp_path / "estop", tmp_path / "live"
+    t0, step = 1_700_000_000 * 10**9, 200_000_000
+    with bagio.BagWriter(bag) as w:
+        w.write("/vla/command", bagio.STRING, t0, bagio.string_msg("move forward"))
+        w.write("/vla/enable", bagio.BOOL, t0, bagio.bool_msg(True))
+        for i in range(35):  # 7 s of frames at 5 fps; e-stop at 3 s, frames keep coming
+            t = t0 + i * step
+            msgtype, msg = bagio.frame_message(synthetic.render(scene), "rgb8", t)
+            w.write("/camera/image_raw", msgtype, t, msg)
+            if i == 15:
+                w.write("/vla/enable", bagio.BOOL, t, bagio.bool_msg(False))
+    env = ros_env()
+    node_log = open(tmp_path / "node.log", "w")
+    node = subprocess.Popen(node_argv({"backend": "torch", "model_preset": "tiny",
+                                       "warmup_iters": 1}),
+                            env=env, stdout=node_log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until_driving_ready(int(env["ROS_DOMAIN_ID"])), \
+            (tmp_path / "node.log").read_text()[-3000:]
+        play = subprocess.run(
+            [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--record",
+             str(rec), "--wait-for-subscribers", "90"],
+            env=env, capture_output=True, text=True, timeout=150)
+    finally:
+        stop(node)
+        node_log.close()
+    assert play.returncode == 0, play.stdout + play.stderr
+    assert "/vla/enable 2" in play.stdout, play.stdout
+    live = recorded(rec)
+    events = sorted([(t, "twist", bagio.twist_values(m)) for t, m in live["/cmd_vel"]]
+                    + [(t, "diag", control_values(m)) for t, m in live["/diagnostics"]],
+                    key=lambda e: e[0])
+    # moving before the e-stop (the demo policy drives forward here) ...
+    stopped_at = next((t for t, kind, v in events if kind == "diag" and v
+                       and v.get("enabled") == "False"), None)
+    assert stopped_at is not None, (tmp_path / "node.log").read_text()[-3000:]
+    before = [v for t, kind, v in events if kind == "twist" and t < stopped_at]
+    assert max(abs(v[0]) for v in before) > 0.1
+    # ... and only zeros once the node reports itself disabled, with the reason
+    after = [(t, kind, v) for t, kind, v in events if t >= stopped_at]
+    assert all(v == (0.0, 0.0, 0.0) for _, kind, v in after if kind == "twist")
+    assert sum(kind == "twist" for _, kind, _ in after) >= 10
+    assert all(v["stop_reason"] == "disabled" for _, kind, v in after if kind == "diag" and v)
 
 
 def test_play_to_live_node_matches_eval(tmp_path):

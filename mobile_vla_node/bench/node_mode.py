@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ros.process import loopback_env, stop_node
+from ..ros.qos import profile
 from .report import PROMPT as COMMAND
 from .report import summarize, vm_hwm_mb
 
@@ -84,29 +85,23 @@ class Driver:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import (
-            DurabilityPolicy,
-            HistoryPolicy,
-            QoSProfile,
-            ReliabilityPolicy,
-        )
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64MultiArray, String
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("vla_bench_driver", context=self.context)
-        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.command_pub = self.node.create_publisher(String, "/vla/command", QoSProfile(
-            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", profile("camera"))
+        self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
         self.lock = threading.Lock()
         self.twists: list[float] = []
         self.timings: list[tuple[float, list]] = []
         self.diags: list[tuple[float, dict]] = []
-        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, 100)
-        self.node.create_subscription(Float64MultiArray, TIMING_TOPIC, self._on_timing, 100)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, profile("record"))
+        self.node.create_subscription(Float64MultiArray, TIMING_TOPIC, self._on_timing,
+                                      profile("record"))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
+                                      profile("diagnostics"))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)

@@ -45,28 +45,25 @@ class DemoDriver:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
+        from ..ros.qos import profile
         from . import synthetic
 
         self.args = args
         rclpy.init()
         self.node = rclpy.create_node("vla_demo_driver")
-        self.image_pub = self.node.create_publisher(
-            Image, "/camera/image_raw", QoSProfile(depth=1,
-                                                   reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.command_pub = self.node.create_publisher(
-            String, "/vla/command", QoSProfile(depth=1,
-                                               durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", profile("camera"))
+        self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
         self.lock = threading.Lock()
         self.twists: list = []  # (monotonic, instruction, target (3,), twist (3,))
         self.diagnostics: dict = {}
         self.instruction = ""
         self.target = np.zeros(3)
-        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, 50)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, profile("record"))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
+                                      profile("diagnostics"))
         self.timeline = synthetic.demo_timeline(args.duration + 5.0, args.fps)
         self.synthetic = synthetic
         self._running = True

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import TopicConfig
+from ..ros.qos import QOS
 from .frames import BagError, open_bag
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -25,6 +27,7 @@ BOOL = "std_msgs/msg/Bool"
 TWIST = "geometry_msgs/msg/Twist"
 CLOCK = "rosgraph_msgs/msg/Clock"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
+TIMING = "std_msgs/msg/Float64MultiArray"
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 STORAGES = ("mcap", "sqlite3")
 RAW_ENCODINGS = ("rgb8", "bgr8", "mono8")
@@ -107,6 +110,11 @@ def string_msg(text: str):
     return _cls(STRING)(data=text)
 
 
+def bool_msg(value: bool):
+    """std_msgs/Bool (on /vla/enable: false = e-stop)."""
+    return _cls(BOOL)(data=bool(value))
+
+
 def twist_msg(v) -> object:
     """geometry_msgs/Twist from [linear_x, linear_y, angular_z]."""
     vec = _cls("geometry_msgs/msg/Vector3")
@@ -134,8 +142,8 @@ def deserialize(data, msgtype: str):
     return typestore().deserialize_cdr(data, msgtype)
 
 
-def rosbags_qos(kind: str) -> list:
-    """Offered QoS profile metadata ("camera", "latched" or "reliable") in rosbags' form."""
+def rosbags_qos(role: str) -> list:
+    """The offered QoS metadata of a connection in rosbags' form, from `ros.qos.QOS` [role]."""
     from rosbags.interfaces import (
         Qos,
         QosDurability,
@@ -145,28 +153,35 @@ def rosbags_qos(kind: str) -> list:
         QosTime,
     )
 
+    spec = QOS[role]
     infinite = QosTime(*_INFINITE)
-    reliability = QosReliability.BEST_EFFORT if kind == "camera" else QosReliability.RELIABLE
-    durability = QosDurability.TRANSIENT_LOCAL if kind == "latched" else QosDurability.VOLATILE
-    depth = 10 if kind == "reliable" else 1
-    return [Qos(QosHistory.KEEP_LAST, depth, reliability, durability, infinite, infinite,
+    reliability = QosReliability.RELIABLE if spec.reliable else QosReliability.BEST_EFFORT
+    durability = (QosDurability.TRANSIENT_LOCAL if spec.transient_local
+                  else QosDurability.VOLATILE)
+    return [Qos(QosHistory.KEEP_LAST, spec.depth, reliability, durability, infinite, infinite,
                 QosLiveliness.AUTOMATIC, infinite, False)]
 
 
-def qos_kind(topic: str, msgtype: str, command_topic: str = "/vla/command") -> str:
-    """The node's QoS kind: camera (best effort, depth 1), latched command, else reliable."""
+def qos_role(topic: str, msgtype: str, topics: TopicConfig | None = None) -> str:
+    """The `ros.qos.QOS` role of a bag connection, by the node's topic names (default names)."""
+    topics = topics or TopicConfig()
     if msgtype in IMAGE_TYPES:
         return "camera"
-    if topic == command_topic and msgtype == STRING:
-        return "latched"
-    return "reliable"
+    roles = {(topics.command_topic, STRING): "command", (topics.enable_topic, BOOL): "enable",
+             (topics.cmd_vel_topic, TWIST): "cmd_vel", ("/clock", CLOCK): "clock",
+             ("/diagnostics", DIAGNOSTICS): "diagnostics"}
+    if (topic, msgtype) in roles:
+        return roles[(topic, msgtype)]
+    if msgtype == TIMING and topic.endswith(topics.timing_topic.lstrip("~")):
+        return "timing"
+    return "other"
 
 
 class BagWriter:
     """A rosbag2 being written; one connection per (topic, type), messages at given ns times."""
 
     def __init__(self, path: str | Path, storage: str = "mcap", version: int = BAG_VERSION,
-                 command_topic: str = "/vla/command"):
+                 topics: TopicConfig | None = None):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -177,7 +192,7 @@ class BagWriter:
                                   "choose another path")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self.writer = Writer(self.path, version=version, storage_plugin=plugin)
-        self.command_topic = command_topic
+        self.topics = topics
         self.connections: dict = {}
         self.count = 0
         self.opened = False
@@ -205,7 +220,7 @@ class BagWriter:
         if key not in self.connections:
             self.connections[key] = self.writer.add_connection(
                 topic, msgtype, typestore=typestore(),
-                offered_qos_profiles=rosbags_qos(qos_kind(topic, msgtype, self.command_topic)))
+                offered_qos_profiles=rosbags_qos(qos_role(topic, msgtype, self.topics)))
         return self.connections[key]
 
     def write(self, topic: str, msgtype: str, t_ns: int, msg) -> None:

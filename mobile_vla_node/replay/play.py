@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..ros.qos import profile
 from . import bagio
 from .eval import PRIORITY
 from .params import ReplayError, build_config
@@ -20,23 +21,6 @@ def _require(module: str, hint: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ReplayError(f"{module} is not importable ({exc}); {hint}") from exc
-
-
-def ros_qos(kind: str):
-    """The node's QoS (node.py CAMERA_QOS / LATCHED_QOS; others reliable; record: depth 100)."""
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    if kind == "camera":
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                          reliability=ReliabilityPolicy.BEST_EFFORT,
-                          durability=DurabilityPolicy.VOLATILE)
-    if kind == "latched":
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100 if kind == "record" else 10,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 def ros_class(msgtype: str):
@@ -94,7 +78,8 @@ def run_play(args) -> int:
     with bagio.reading(bag) as reader:
         conns, skipped = _play_connections(reader, args, config)
         first_ns, end_ns = reader.start_time, reader.end_time
-        recorder = bagio.BagWriter(args.record, args.record_storage) if args.record else None
+        recorder = (bagio.BagWriter(args.record, args.record_storage, topics=config.topics)
+                    if args.record else None)
         start_ns = first_ns + int(round(args.start_offset * 1e9))
         clock = PlayClock(start_ns, args.rate)
         published: Counter = Counter()
@@ -117,14 +102,14 @@ def run_play(args) -> int:
             publishers = {}
             for c in conns:
                 if c.topic not in publishers:
-                    kind = bagio.qos_kind(c.topic, c.msgtype, config.topics.command_topic)
+                    role = bagio.qos_role(c.topic, c.msgtype, config.topics)
                     publishers[c.topic] = node.create_publisher(ros_class(c.msgtype), c.topic,
-                                                                ros_qos(kind))
+                                                                profile(role))
             clock_pub = None
             if args.clock is not None:
                 from rosgraph_msgs.msg import Clock
 
-                clock_pub = node.create_publisher(Clock, "/clock", ros_qos("reliable"))
+                clock_pub = node.create_publisher(Clock, "/clock", profile("clock"))
             if recorder is not None:
                 recorder.open()
                 _record(node, recorder, args.record_topics, config, clock, recorded)
@@ -202,7 +187,7 @@ def _record(node, recorder, topics: list[str], config, clock, recorded: Counter)
                 recorder.write_raw(topic, msgtype, clock.now_ns(), data)
                 recorded[topic] += 1
 
-        node.create_subscription(ros_class(msgtype), topic, on_msg, ros_qos("record"), raw=True)
+        node.create_subscription(ros_class(msgtype), topic, on_msg, profile("record"), raw=True)
 
 
 def _graph_type(node, topic: str) -> str | None:

@@ -27,6 +27,8 @@ QOS = {
     "diagnostics": QosSpec(reliable=True, transient_local=False, depth=10),
     "timing": QosSpec(reliable=True, transient_local=False, depth=10),
     "record": QosSpec(reliable=True, transient_local=False, depth=100),
+    "clock": QosSpec(reliable=False, transient_local=False, depth=1),    # as rclpy reads /clock
+    "other": QosSpec(reliable=True, transient_local=False, depth=10),    # any other topic played
 }
 
 
