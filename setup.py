@@ -30,6 +30,7 @@ setup(
             f"vla_node = {PACKAGE}.ros.node:main",
             f"vla_demo = {PACKAGE}.demo.cli:main",
             f"vla_export = {PACKAGE}.export.cli:main",
+            f"vla_checkpoint = {PACKAGE}.export.checkpoint_cli:main",
             f"vla_replay = {PACKAGE}.replay.cli:main",
             f"vla_bench = {PACKAGE}.bench.cli:main",
             f"vla_stress = {PACKAGE}.stress.cli:main",

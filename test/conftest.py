@@ -20,6 +20,7 @@ LAYERS = {
     "test_bench.py": ("slow",),
     "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
     "test_checkpoint.py": ("unit",),
+    "test_checkpoint_cli.py": ("unit",),
     "test_chunks.py": ("unit",),
     "test_config.py": ("unit",),
     "test_control.py": ("unit",),

@@ -294,7 +294,7 @@ def test_classification_chunk_plays_back_class_by_class(classifier):
 
 def test_classification_nonfinite_logits_become_nan():
     spec = ModelSpec("t", 224, 8, 2, 2, 2, 1.0, 0.1, "classification", 6,
-                     tuple(tuple(r) for r in default_class_velocities(6)))
+                     default_class_velocities(6))
     post = ActionPostprocessor.for_spec(ActionConfig(), spec)
     logits = np.zeros((2, 6))
     logits[0, 1] = 3.0
@@ -370,3 +370,72 @@ def test_missing_head_tensor_is_fatal_even_non_strict(tmp_path, reference, confi
     path = save_lightning(tmp_path / "no_token.ckpt", no_token)
     with pytest.raises(CheckpointError, match="action_token"):
         load_policy(ModelSource("tiny", str(path), strict=False, model_config=str(config_file)))
+
+
+# -- ONNX export of their heads ------------------------------------------------------------------
+
+def _export(tmp_path, ckpt, cfg):
+    import contextlib
+    import io
+
+    from mobile_vla_node.export import cli
+
+    out = tmp_path / "team.onnx"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = cli.main(["onnx", "--preset", "tiny", "--checkpoint", str(ckpt),
+                       "--model-config", str(cfg),
+                       "--output", str(out), "--parity-cases", "3"])
+    assert rc == 0, buf.getvalue()
+    return out, buf.getvalue()
+
+
+def _onnx_backend(path):
+    from mobile_vla_node.backends.onnx_backend import OnnxBackend
+    from mobile_vla_node.core.config import BackendConfig
+
+    backend = OnnxBackend(BackendConfig(backend="onnx", model_path=str(path), warmup_iters=0))
+    backend.load()
+    return backend
+
+
+@pytest.mark.parametrize("head", ["velocities", "classification"])
+def test_onnx_export_of_their_heads_matches_torch(tmp_path, head, reference, config_file,
+                                                  classifier):
+    pytest.importorskip("onnxruntime")
+    if head == "velocities":
+        ckpt = save_lightning(tmp_path / "v.ckpt", to_team_keys(reference.state_dict()))
+        cfg = config_file
+    else:
+        ckpt, cfg = classifier
+    out, log = _export(tmp_path, ckpt, cfg)
+    assert "parity" in log
+    torch_policy = load_policy(ModelSource("tiny", str(ckpt), model_config=str(cfg)))
+    onnx_backend = _onnx_backend(out)
+    spec = onnx_backend.spec
+    assert spec == ModelSpec.from_policy_config(torch_policy.config,
+                                                torch_policy.model.feature_dim)
+    assert (spec.image_norm, spec.resize_filter) == ("none", "bilinear")
+    width = 6 if head == "classification" else 2
+    if head == "classification":
+        _force_classes(torch_policy.model, [3, 5, 1])
+        ckpt2 = tmp_path / "forced.ckpt"
+        state = to_team_keys(torch_policy.model.state_dict(), "logits")
+        save_lightning(ckpt2, state)
+        (tmp_path / "forced").mkdir()
+        out, _ = _export(tmp_path / "forced", ckpt2, cfg)
+        onnx_backend = _onnx_backend(out)
+    frame = RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    results = []
+    for backend in (_Backend(torch_policy), onnx_backend):
+        runtime = PolicyRuntime(backend, ActionConfig())
+        runtime.set_command("go to the red box")
+        for _ in range(3):
+            result = runtime.step(frame)
+        assert result.actions.shape == (CHUNK, width)
+        results.append(result)
+    np.testing.assert_allclose(results[1].actions, results[0].actions, atol=1e-4)
+    np.testing.assert_allclose(results[1].velocities, results[0].velocities, atol=1e-4)
+    if head == "classification":
+        table = torch_policy.config.class_velocities
+        np.testing.assert_allclose(results[1].velocities, [table[3], table[5], table[1]])

@@ -72,7 +72,7 @@ class ModelSpec:
     chunk_step_period_s: float
     head: str = "regression"
     num_classes: int = 0
-    class_velocities: tuple = ()
+    class_velocities: list = field(default_factory=list)
     resize_filter: str = "bicubic"
     image_norm: str = "clip"
 
@@ -86,7 +86,7 @@ class ModelSpec:
         """The spec of a `PolicyConfig` (torch-free: reads attributes only)."""
         return cls(pc.preset, pc.image_size, feature_dim, pc.window_size, pc.fwd_pred_next_n,
                    pc.action_dim, pc.max_linear, pc.chunk_step_period_s, pc.head,
-                   pc.num_classes, tuple(tuple(r) for r in pc.class_velocities),
+                   pc.num_classes, [list(map(float, r)) for r in pc.class_velocities],
                    pc.resize_filter, pc.image_norm)
 
 

@@ -129,12 +129,11 @@ def model_spec_from_metadata(meta: dict) -> ModelSpec:
     """The `ModelSpec` stored in an export's metadata."""
     data = dict(meta["model_spec"])
     names = {f.name for f in fields(ModelSpec)}
-    required = {f.name for f in fields(ModelSpec) if f.default is MISSING}
+    required = {f.name for f in fields(ModelSpec)
+                if f.default is MISSING and f.default_factory is MISSING}
     missing = sorted(required - set(data))
     if missing:
         raise ExportFormatError(f"export model_spec lacks {missing}")
-    if "class_velocities" in data:   # JSON lists -> the spec's tuples
-        data["class_velocities"] = tuple(tuple(r) for r in data["class_velocities"])
     return ModelSpec(**{k: data[k] for k in names if k in data})
 
 

@@ -96,6 +96,9 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
                         "<checkpoint>.json beside it is used)")
     parser.add_argument("--backbone-path", default="",
                         help="local Kosmos-2 folder (weights + tokenizer)")
+    parser.add_argument("--model-config", default="",
+                        help="the team's JSON training config (window, chunk, head, image "
+                             "normalization, action scale); see `vla_checkpoint inspect`")
 
 
 def _add_parity(parser: argparse.ArgumentParser, atol_help: str) -> None:
@@ -195,7 +198,7 @@ def _source(args) -> tuple[str, str]:
     return preset, checkpoint
 
 
-def load_reference(preset: str, checkpoint: str, backbone_path: str):
+def load_reference(preset: str, checkpoint: str, backbone_path: str, model_config: str = ""):
     """The PyTorch reference backend (fp32, CPU) for a preset or checkpoint."""
     from ..backends.base import BackendError
     from ..backends.torch_backend import TorchBackend
@@ -203,8 +206,8 @@ def load_reference(preset: str, checkpoint: str, backbone_path: str):
     from ..model.checkpoint import CheckpointError
 
     cfg = BackendConfig(backend="torch", model_preset=preset, model_path=checkpoint,
-                        backbone_path=backbone_path, device="cpu", precision="fp32",
-                        warmup_iters=0)
+                        backbone_path=backbone_path, model_config=model_config,
+                        device="cpu", precision="fp32", warmup_iters=0)
     backend = TorchBackend(cfg)
     try:
         backend.load()
@@ -280,7 +283,8 @@ def cmd_onnx(args) -> int:
     progress = Progress()
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
-        reference = load_reference(preset, checkpoint, args.backbone_path)
+        reference = load_reference(preset, checkpoint, args.backbone_path,
+                                   getattr(args, "model_config", ""))
     policy = reference.model
     progress.line(f"weights: {reference.info.model}")
     step_path = out.with_name(step_file_name(out))
@@ -343,6 +347,7 @@ def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
         "onnxruntime": onnxruntime.__version__,
         "fp16_fp32_ops": list(ox.FP16_KEEP_FP32_OPS) if args.fp16 else [],
         "source": {"preset": preset, "checkpoint": checkpoint,
+                   "model_config": getattr(args, "model_config", ""),
                    "backbone_path": args.backbone_path, "weights": reference.info.model},
         "tolerances": {"atol": atol, "reference": "torch fp32 cpu"},
         "max_text_len": max_text_len, "external_data": external,
@@ -350,7 +355,9 @@ def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
     }
     normalization = {
         "mean": list(config.image_mean), "std": list(config.image_std),
-        "channel_order_note": "input `image` is uint8 (1, S, S, 3), already resized to S and in "
+        "image_norm": config.image_norm, "resize_filter": config.resize_filter,
+        "channel_order_note": "input `image` is uint8 (1, S, S, 3), already resized to S (PIL "
+                              "filter: resize_filter) and in "
                               "the channel order the policy was trained with (node parameter "
                               "channel_order); (x / 255 - mean) / std runs inside the graph",
     }
@@ -404,7 +411,8 @@ def cmd_verify(args) -> int:
                                EXIT_PARITY) from exc
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
-        reference = load_reference(preset, checkpoint, args.backbone_path)
+        reference = load_reference(preset, checkpoint, args.backbone_path,
+                                   getattr(args, "model_config", ""))
     exported = model_spec_from_metadata(meta)
     if exported != reference.spec:
         diff = {k: (v, getattr(reference.spec, k)) for k, v in asdict(exported).items()

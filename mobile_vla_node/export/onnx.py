@@ -58,7 +58,12 @@ class EncoderGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    """``features`` (1, T, D), ``h0``/``c0`` (layers, 1, H) -> ``actions``, ``hn``, ``cn``."""
+    """``features`` (1, T, D), ``h0``/``c0`` (layers, 1, H) -> ``actions``, ``hn``, ``cn``.
+
+    ``actions`` is (1, chunk, action_dim) in [-1, 1] for a regression head and (1, chunk,
+    num_classes) raw logits for a classification head (the class -> velocity table is in the
+    ``model_spec`` metadata and applied by the node's post-processing, as for torch).
+    """
 
     def __init__(self, policy):
         super().__init__()
@@ -129,8 +134,9 @@ def export_step(policy, opset: int, workdir: Path):
                   {"features": {1: WINDOW_AXIS}})
     model = onnx.load(str(path))
     state = [cfg.lstm_layers, 1, cfg.lstm_hidden]
-    for out, dims in zip(model.graph.output, ([1, cfg.fwd_pred_next_n, cfg.action_dim], state,
-                                              state), strict=True):
+    width = policy.act_head.action_dim   # num_classes for a classification head (logits)
+    for out, dims in zip(model.graph.output, ([1, cfg.fwd_pred_next_n, width], state, state),
+                         strict=True):
         _fix_dims(out, dims)
     return model
 

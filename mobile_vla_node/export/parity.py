@@ -75,11 +75,13 @@ def _random_images(n: int, size: int, rng: np.random.Generator) -> list[np.ndarr
     return images
 
 
-def _frame_images(frames: str, n_frames: int, size: int) -> list[np.ndarray]:
+def _frame_images(frames: str, n_frames: int, size: int,
+                  resize_filter: str = "bicubic") -> list[np.ndarray]:
     from ..core.preprocess import to_model_input
     from ..replay.frames import iter_frames
 
-    images = [to_model_input(rgb, size) for rgb in iter_frames(frames, limit=n_frames)]
+    images = [to_model_input(rgb, size, resize_filter=resize_filter)
+              for rgb in iter_frames(frames, limit=n_frames)]
     if not images:
         from ..replay.frames import BagError
 
@@ -98,7 +100,8 @@ def make_cases(reference: InferenceBackend, n_random: int = 4, frames: str | Non
     rng = np.random.default_rng(seed)
     images = _random_images(n_random, spec.image_size, rng)
     if frames:
-        images += _frame_images(frames, n_frames, spec.image_size)
+        images += _frame_images(frames, n_frames, spec.image_size,
+                                getattr(spec, "resize_filter", "bicubic"))
     if not images:
         raise ValueError("no parity cases: n_random is 0 and no frames were given")
     prompts = [reference.tokenizer.encode(COMMANDS[i % len(COMMANDS)])

@@ -334,7 +334,8 @@ class CalibrationBatches:
 
     def __init__(self, source: str | Path, image_size: int, prompts, *, batch_size: int = 1,
                  max_batches: int | None = None, channel_order: str = "rgb",
-                 topic: str | None = None, pad_id: int = 1, dtypes: dict | None = None):
+                 topic: str | None = None, pad_id: int = 1, dtypes: dict | None = None,
+                 resize_filter: str = "bicubic"):
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
         if max_batches is not None and max_batches < 1:
@@ -348,6 +349,7 @@ class CalibrationBatches:
                                  for p in prompts])
         self.source, self.image_size, self.batch_size = source, int(image_size), batch_size
         self.max_batches, self.channel_order, self.topic = max_batches, channel_order, topic
+        self.resize_filter = resize_filter   # the PIL filter the model was trained with
         self.dtypes = {"image": np.uint8, "text_ids": np.int64, **(dtypes or {})}
 
     def shapes(self) -> dict[str, tuple]:
@@ -366,7 +368,8 @@ class CalibrationBatches:
         prompt_index = itertools.cycle(range(len(self.prompts)))
         images, ids = [], []
         for frame in frames:
-            images.append(to_model_input(frame, self.image_size, self.channel_order))
+            images.append(to_model_input(frame, self.image_size, self.channel_order,
+                                         self.resize_filter))
             ids.append(self.prompts[next(prompt_index)])
             if len(images) == self.batch_size:
                 yield {"image": np.stack(images).astype(self.dtypes["image"], copy=False),
@@ -553,6 +556,7 @@ def _calibration(trt, cuda, options: BuildOptions, meta: dict, text_max: int, lo
         [tokenizer.encode(text) for text in CALIB_INSTRUCTIONS], batch_size=batch,
         max_batches=options.calib_batches, pad_id=tokenizer.special_ids["<pad>"],
         channel_order=(meta.get("normalization") or {}).get("channel_order", "rgb"),
+        resize_filter=meta["model_spec"].get("resize_filter", "bicubic"),
         dtypes={name: trt.nptype(t.dtype) for name, t in inputs.items()})
     if batches.text_len > text_max:
         raise BuildError(f"calibration prompts are {batches.text_len} ids long, more than "

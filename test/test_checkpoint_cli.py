@@ -1,0 +1,131 @@
+"""`vla_checkpoint inspect`: report, verdict, exit status and a params snippet that runs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+import yaml
+from team_fixtures import (
+    build,
+    make_lora,
+    peft_state,
+    save_lightning,
+    save_pth,
+    tiny_config,
+    to_team_keys,
+    training_json,
+    write_json,
+)
+
+from mobile_vla_node.export import checkpoint_cli
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = checkpoint_cli.main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("team")
+    model = build(tiny_config())
+    ckpt = save_lightning(folder / "last.ckpt", to_team_keys(model.state_dict()))
+    cfg = write_json(folder / "mobile_vla_left_chunk10_20251218.json", training_json())
+    return folder, model, ckpt, cfg
+
+
+def test_inspect_their_layout_reports_everything_and_the_snippet_runs(team):
+    folder, model, ckpt, cfg = team
+    rc, out, err = run("inspect", ckpt, "--config", cfg)
+    assert rc == 0, out + err
+    for text in ("Lightning .ckpt ('state_dict', keys prefixed 'model.')", "epoch=9",
+                 "act_head.velocities.mlp", "MobileVLALSTMDecoder (regression)",
+                 "window       : 4", "chunk        : 3", "action dim   : 2",
+                 "image        : none", "resize bilinear", "action scale : x1.15",
+                 "act_head.velocities.* -> act_head.actions.* (4 tensors)",
+                 "missing      : none", "unexpected   : none", "verdict      : OK"):
+        assert text in out, (text, out)
+    snippet = yaml.safe_load(out[out.index("/**:"):])
+    params = snippet["/**"]["ros__parameters"]
+    assert params["model_config"] == str(cfg.resolve())
+    assert params["model_path"] == str(ckpt.resolve())
+    from mobile_vla_node.backends.torch_backend import TorchBackend
+    from mobile_vla_node.core.config import NodeConfig
+
+    backend = TorchBackend(NodeConfig.from_params(params).backend)
+    backend.load()
+    state = backend.model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert backend.spec.resize_filter == "bilinear" and backend.spec.max_linear == 1.15
+
+
+def test_inspect_without_the_training_config_is_not_faithful(team):
+    folder, model, ckpt, cfg = team
+    rc, out, _ = run("inspect", ckpt)
+    assert rc == 1
+    assert "CANNOT RUN FAITHFULLY" in out and "no training config" in out
+
+
+def test_inspect_refuses_an_unknown_architecture(tmp_path):
+    state = {"clip_model.proj": torch.zeros(4, 4), "lstm.weight_ih_l0": torch.zeros(16, 4),
+             "action_head.weight": torch.zeros(2, 4)}
+    path = save_pth(tmp_path / "best_simple_lstm_model.pth", state)
+    rc, out, _ = run("inspect", path)
+    assert rc == 1
+    assert "args: argparse.Namespace" in out and "val_mae=0.212" in out
+    assert "unknown architecture" in out and "not public" in out
+    assert "head         : not recognised" in out
+
+
+def test_inspect_lora_needs_the_backbone(tmp_path):
+    from safetensors.torch import save_file
+
+    model = build(tiny_config())
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path = save_lightning(tmp_path / "lora.ckpt",
+                          to_team_keys(peft_state(base, make_lora(base), with_base=False)))
+    data = training_json()
+    data["train_setup"].update(lora_enable=True, lora_r=4, lora_alpha=16)
+    cfg = write_json(tmp_path / "lora.json", data)
+    rc, out, _ = run("inspect", path, "--config", cfg, "--preset", "tiny")
+    assert rc == 1 and "set backbone_path" in out
+    kosmos = tmp_path / "kosmos2"
+    kosmos.mkdir()
+    save_file({k[len("backbone."):]: v.contiguous() for k, v in base.items()
+               if k.startswith("backbone.")}, str(kosmos / "model.safetensors"))
+    rc, out, _ = run("inspect", path, "--config", cfg, "--preset", "tiny",
+                     "--backbone-path", kosmos)
+    assert rc == 0, out
+    assert "3 adapter pairs, rank 4, scale 4.0 (alpha/r)" in out
+    assert f'backbone_path: "{kosmos.resolve()}"' in out
+
+
+def test_inspect_classification_lists_the_class_table(tmp_path):
+    config = tiny_config(head="classification", num_classes=6)
+    state = to_team_keys(build(config).state_dict(), "logits")
+    state["act_head.class_weights_tensor"] = torch.ones(6)
+    path = save_lightning(tmp_path / "cls.ckpt", state)
+    cfg = write_json(tmp_path / "cls.json",
+                     training_json("MobileVLAClassificationDecoder", action_dim=6))
+    rc, out, _ = run("inspect", path, "--config", cfg)
+    assert rc == 0, out
+    assert "MobileVLAClassificationDecoder (classification)" in out
+    assert "classes      : 6" in out and "class 1    -> vx 1.15 vy 0 wz 0" in out
+    assert "dropped      : 1: act_head.class_weights_tensor" in out
+
+
+def test_inspect_usage_errors(tmp_path):
+    rc, _, err = run("inspect", tmp_path / "nope.ckpt")
+    assert rc == 2 and "does not exist" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    model = build(tiny_config())
+    ckpt = save_lightning(tmp_path / "m.ckpt", to_team_keys(model.state_dict()))
+    rc, _, err = run("inspect", ckpt, "--config", bad)
+    assert rc == 2 and "not valid JSON" in err
