@@ -58,6 +58,7 @@ LAYERS = {
     "test_triton.py::test_read_headers": ("unit",),
     "test_triton.py::test_stats_delta_and_instance_device": ("unit",),
     "test_triton.py::test_tls_files_are_checked_before_connecting": ("unit",),
+    "test_triton_node.py": ("ros", "slow"),
 }
 
 
