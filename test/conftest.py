@@ -69,5 +69,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
         test = getattr(item, "originalname", item.name)
-        for mark in LAYERS.get(f"{name}::{test}", LAYERS.get(name, ())):
+        marks = LAYERS.get(f"{name}::{test}", LAYERS.get(name, ()))
+        for mark in marks:
             item.add_marker(getattr(pytest.mark, mark))
+        if "ros" in marks and _no_rclpy():  # e.g. the GPU machine: no ROS 2 there
+            item.add_marker(pytest.mark.skip(reason=f"ros layer: {_no_rclpy()}"))
+
+
+def _no_rclpy() -> str:
+    """Why rclpy cannot be imported ('' when it can); checked once."""
+    if "reason" not in _RCLPY:
+        try:
+            import rclpy  # noqa: F401
+            _RCLPY["reason"] = ""
+        except ImportError as exc:
+            _RCLPY["reason"] = f"rclpy is not importable ({exc})"
+    return _RCLPY["reason"]
+
+
+_RCLPY: dict = {}
