@@ -38,6 +38,7 @@ LAYERS = {
     "test_onnx_backend.py": ("unit",),
     "test_onnx_export.py": ("slow",),
     "test_package_xml.py": ("unit",),
+    "test_pipeline.py": ("unit",),
     "test_params_yaml.py": ("unit",),
     "test_params_yaml.py::test_rcl_parser_reads_the_defaults": ("ros",),
     "test_postprocess.py": ("unit",),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.timing import latency_summary
+
 # The instruction every mode runs with (model, pipeline and the node's /vla/command).
 PROMPT = "go to the red box"
 # Environment variables that change what is measured (threads, DDS transport).
@@ -28,13 +30,7 @@ LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformer
 
 def summarize(samples) -> dict:
     """mean, std, min, p50, p90, p99, max and count of millisecond samples (empty: count 0)."""
-    data = np.asarray([s for s in samples if s is not None and np.isfinite(s)], np.float64)
-    if data.size == 0:
-        return {"count": 0}
-    p50, p90, p99 = np.percentile(data, (50, 90, 99))
-    return {"mean": float(data.mean()), "std": float(data.std()), "min": float(data.min()),
-            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(data.max()),
-            "count": int(data.size)}
+    return latency_summary(samples, (50, 90, 99), ("mean", "std", "min", "max"))
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:

@@ -7,6 +7,26 @@ from collections import deque
 import numpy as np
 
 PERCENTILES = (50, 95, 99)
+STATS = {"min": np.min, "max": np.max, "mean": np.mean, "std": np.std}
+
+
+def latency_summary(samples, percentiles=PERCENTILES, stats=("max", "mean"),
+                    digits: int | None = None) -> dict:
+    """The one latency summary: ``p<N>`` per percentile, the ``stats`` asked for and ``count``.
+
+    ``stats`` are names from `STATS` (min, max, mean, std). None and non-finite samples are left
+    out; without samples the result is ``{"count": 0}``. ``digits`` rounds the values.
+    """
+    data = np.asarray([s for s in samples if s is not None and np.isfinite(s)], np.float64)
+    if data.size == 0:
+        return {"count": 0}
+    out = {f"p{p}": float(v)
+           for p, v in zip(percentiles, np.percentile(data, percentiles), strict=True)}
+    out.update({name: float(STATS[name](data)) for name in stats})
+    if digits is not None:
+        out = {k: round(v, digits) for k, v in out.items()}
+    out["count"] = int(data.size)
+    return out
 
 
 class LatencyWindow:
@@ -25,11 +45,7 @@ class LatencyWindow:
         """{"p50", "p95", "p99", "max", "mean", "count"} over the window; empty dict if none."""
         if not self.samples:
             return {}
-        data = np.fromiter(self.samples, dtype=np.float64)
-        values = np.percentile(data, PERCENTILES)
-        out = {f"p{p}": float(v) for p, v in zip(PERCENTILES, values, strict=True)}
-        out.update(max=float(data.max()), mean=float(data.mean()), count=self.total)
-        return out
+        return dict(latency_summary(self.samples), count=self.total)
 
 
 class RateMeter:

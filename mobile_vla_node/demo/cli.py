@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.timing import latency_summary
 from ..ros.process import loopback_env
 
 SETTLE_S = 0.6  # ignore this long after each command change when scoring actions
@@ -143,7 +144,7 @@ def summarize(twists: list, start: float, diagnostics: dict, rate_hz: float) -> 
     if len(times) > 1:
         summary["twist_rate_hz"] = (len(times) - 1) / (times[-1] - times[0])
         gaps = np.diff(times) * 1e3
-        summary["receive_gap_p99_ms"] = float(np.percentile(gaps, 99))
+        summary["receive_gap_p99_ms"] = latency_summary(gaps, (99,), ())["p99"]
     per: dict = {}
     changed_at: dict = {}
     last = None

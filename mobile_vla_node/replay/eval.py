@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import NodeConfig
+from ..core.control import ControlLoop
+from ..core.inputs import InputRules
+from ..core.pipeline import BAD_IMAGE, DISCARDED, INFERENCE_ERROR, FramePipeline
+from ..core.runtime import PolicyRuntime
 from . import bagio
 from .frames import BagError
 from .metrics import latency, metrics
@@ -45,6 +48,7 @@ class EvalCounts:
     bad_images: int = 0
     steps: int = 0
     discarded_steps: int = 0
+    inference_errors: int = 0
     commands: int = 0
     rejected_commands: int = 0
     references: int = 0
@@ -56,8 +60,9 @@ class EvalCounts:
 class Simulation:
     """The node's input handling around the shared core, driven by bag time (seconds).
 
-    Uses `core.inputs.InputRules`, the same rules as ``VlaNode``; an image's step runs at once
-    (zero latency), so its chunk is ready at the image's bag time.
+    Uses `core.inputs.InputRules` and `core.pipeline.FramePipeline`, the same rules and frame
+    pipeline as the node; an image's step runs at once (zero latency), so its chunk is ready at
+    the image's bag time.
     """
 
     runtime: object
@@ -66,11 +71,11 @@ class Simulation:
     preprocess_ms: list = field(default_factory=list)
     inference_ms: list = field(default_factory=list)
     bad_image_errors: Counter = field(default_factory=Counter)
+    inference_errors: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
-        from ..core.inputs import InputRules
-
         self.rules = InputRules(self.runtime, self.control)
+        self.pipeline = FramePipeline(self.rules)
 
     def on_command(self, text: str) -> None:
         """As the node: same command again keeps the history; a rejected one clears it."""
@@ -86,32 +91,23 @@ class Simulation:
         self.rules.enable(bool(enabled))
 
     def on_image(self, msg, t: float) -> None:
-        """Receive, decode and infer one image at bag time ``t`` (its chunk is ready at ``t``)."""
-        from ..core.control import ChunkMeta
-        from ..core.preprocess import ImageError, decode_message
-
+        """Receive and process one image at bag time ``t`` (its chunk is ready at ``t``)."""
         self.counts.images += 1
-        t0 = time.perf_counter()
         if not self.rules.receive_image(msg, t):
             self._bad_image(self.rules.last_input_error)
             return
-        try:
-            rgb = decode_message(msg)
-        except ImageError as exc:
-            self.rules.bad_image(exc)
-            self._bad_image(str(exc))
-            return
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        result = self.runtime.step(rgb)
-        meta = None
-        if result is not None:
-            meta = ChunkMeta(t, 0.0, decode_ms + result.preprocess_ms, result.inference_ms)
-        if not self.rules.step_done(result, t, meta):
+        outcome = self.pipeline.process(msg, stamp=t, now=t, transport_ms=0.0)
+        if outcome.status == BAD_IMAGE:
+            self._bad_image(outcome.error)
+        elif outcome.status == INFERENCE_ERROR:
+            self.counts.inference_errors += 1
+            self.inference_errors[outcome.error] += 1
+        elif outcome.status == DISCARDED:
             self.counts.discarded_steps += 1
-            return
-        self.counts.steps += 1
-        self.preprocess_ms.append(meta.preprocess_ms)
-        self.inference_ms.append(meta.inference_ms)
+        else:
+            self.counts.steps += 1
+            self.preprocess_ms.append(outcome.meta.preprocess_ms)
+            self.inference_ms.append(outcome.meta.inference_ms)
 
     def _bad_image(self, error: str) -> None:
         self.counts.bad_images += 1
@@ -285,9 +281,6 @@ def run_eval(bag: str | Path, out: str | Path, config: NodeConfig, *,
     ``backend``: an already loaded backend to reuse (it is not closed); default: build one from
     ``config.backend``.
     """
-    from ..core.control import ControlLoop
-    from ..core.runtime import PolicyRuntime
-
     bag, out = Path(bag), Path(out)
     if not bag.exists():
         raise ReplayError(f"bag {str(bag)!r} does not exist")
@@ -342,6 +335,7 @@ def run_eval(bag: str | Path, out: str | Path, config: NodeConfig, *,
         "control_rate_hz": loop.rate, "backend": info.as_values(),
         "counts": vars(sim.counts).copy(),
         "bad_image_errors": dict(sim.bad_image_errors.most_common(5)),
+        "inference_errors": dict(sim.inference_errors.most_common(5)),
         "metrics": metrics(pred, ref, loop.commands, direction_threshold),
         "stops": {"events": dict(sorted(sim.control.stop_counts.items())),
                   "ticks": dict(sorted(Counter(s for s in loop.stops if s).items()))},

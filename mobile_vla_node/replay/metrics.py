@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.timing import latency_summary
+
 AXES = ("linear_x", "linear_y", "angular_z")
 LATENCY_PERCENTILES = (50, 90, 95, 99)
 
@@ -39,16 +41,8 @@ def metrics(pred: np.ndarray, ref: np.ndarray, commands: list[str],
 
 
 def latency(samples: list) -> dict:
-    """Percentiles (ms) of wall-clock samples."""
-    if not samples:
-        return {}
-    data = np.asarray(samples, dtype=np.float64)
-    out = {f"p{p}": round(float(v), 3)
-           for p, v in zip(LATENCY_PERCENTILES, np.percentile(data, LATENCY_PERCENTILES),
-                           strict=True)}
-    out.update(max=round(float(data.max()), 3), mean=round(float(data.mean()), 3),
-               count=int(data.size))
-    return out
+    """Percentiles (ms) of wall-clock samples (`core.timing.latency_summary`)."""
+    return latency_summary(samples, LATENCY_PERCENTILES, ("max", "mean"), digits=3)
 
 
 def format_summary(summary: dict) -> str:
@@ -75,7 +69,7 @@ def format_summary(summary: dict) -> str:
     stops = summary["stops"]["events"]
     lines.append("stop events: " + (", ".join(f"{k} {v}" for k, v in stops.items()) or "none"))
     lat = summary["latency_ms"]
-    if lat["inference"]:
+    if lat["inference"].get("count"):
         lines.append(f"latency ms (wall clock): preprocess p50 {lat['preprocess']['p50']:.1f} "
                      f"p95 {lat['preprocess']['p95']:.1f}; inference p50 "
                      f"{lat['inference']['p50']:.1f} p95 {lat['inference']['p95']:.1f}")
