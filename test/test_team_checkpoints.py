@@ -439,3 +439,12 @@ def test_onnx_export_of_their_heads_matches_torch(tmp_path, head, reference, con
     if head == "classification":
         table = torch_policy.config.class_velocities
         np.testing.assert_allclose(results[1].velocities, [table[3], table[5], table[1]])
+    # what the TensorRT build reads from the same graphs (no GPU needed for this part)
+    from mobile_vla_node.backends.onnx_format import read_props
+    from mobile_vla_node.backends.trt_manifest import make_profiles, normalize_metadata
+
+    meta = normalize_metadata(read_props(out))
+    assert ModelSpec(**meta["model_spec"]) == onnx_backend.spec
+    assert meta["normalization"]["image_norm"] == "none"
+    assert meta["normalization"]["resize_filter"] == "bilinear"
+    assert make_profiles(meta["model_spec"], meta["policy_config"])
