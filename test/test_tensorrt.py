@@ -37,6 +37,7 @@ from mobile_vla_node.backends.tensorrt_backend import (
 )
 from mobile_vla_node.core.config import BackendConfig
 from mobile_vla_node.export import tensorrt as trt_build
+from mobile_vla_node.export.parity import default_atol
 from mobile_vla_node.model.presets import preset_config
 from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
 
@@ -1369,7 +1370,7 @@ def test_gpu_build_parity_and_infer(tiny_onnx, precision, capsys):
         assert feature.shape == (spec.feature_dim,) and actions.shape == (spec.chunk,
                                                                           spec.action_dim)
         ref_feature, ref_actions = onnx_ref.infer(image, ids, history)
-        atol = tm.DEFAULT_ATOL[precision]
+        atol = default_atol(precision, "tensorrt")
         np.testing.assert_allclose(feature, ref_feature, atol=atol)
         np.testing.assert_allclose(actions, ref_actions, atol=atol)
         short = backend.decode(history[:1])  # a window shorter than the captured one

@@ -23,8 +23,6 @@ from .onnx_format import META_PREFIX, ExportFormatError, decode_metadata
 
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
-# Parity tolerance (max abs difference to the ONNX reference) per engine precision.
-DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
 DEFAULT_MAX_TEXT_LEN = 64
 OPT_TEXT_LEN = 24
 DEFAULT_WORKSPACE_MB = 2048

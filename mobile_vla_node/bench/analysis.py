@@ -6,12 +6,11 @@ import sys
 
 import numpy as np
 
+from ..export.parity import ATOL, default_atol
 from . import limits
 
 # Parity tolerance (max abs difference to torch fp32) by the candidate's precision; TensorRT fp32
 # may use TF32 kernels.
-ATOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 5e-2}
-TENSORRT_FP32_ATOL = 1e-3
 
 
 def parity(ref_path: str, cand_path: str, atol: float) -> dict:
@@ -128,8 +127,8 @@ def parity_report(args, results: dict, reference: dict | None) -> dict:
         if "parity_outputs" not in res or res is ref:
             continue
         precision = res["info"]["precision"]
-        atol = args.parity_atol or (TENSORRT_FP32_ATOL if name == "tensorrt" and precision ==
-                                    "fp32" else ATOL.get(precision, 5e-2))
+        atol = args.parity_atol or (default_atol(precision, name) if precision in ATOL
+                                    else max(ATOL.values()))
         out[name] = parity(ref["parity_outputs"]["outputs_path"],
                            res["parity_outputs"]["outputs_path"], atol)
         out[name]["reference"] = f"torch fp32 on {ref['info']['device']}"

@@ -23,10 +23,11 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .parity import ATOL, default_atol
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
 DEFAULT_OPSET = 17
 MAX_OPSET = 20  # the TorchScript exporter's highest opset in torch 2.13
-ATOL = {False: 1e-4, True: 1e-2}  # fp32, fp16
 CHECKPOINT_DEFAULT_PRESET = "mobile-vla-kosmos2"
 EXAMPLE_COMMAND = "go to the red box"
 
@@ -115,7 +116,7 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     Returns the parser and an error text if `export.tensorrt` could not be imported.
     """
     parser = argparse.ArgumentParser(prog="vla_export", description=__doc__.split("\n")[0])
-    subs = parser.add_subparsers(dest="command", required=True, metavar="{onnx,verify,tensorrt}")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="{onnx,verify,tensorrt,triton}")
 
     onnx = subs.add_parser("onnx", help="export NAME.onnx + NAME.step.onnx and check parity")
     _add_source(onnx)
@@ -124,7 +125,8 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     onnx.add_argument("--fp16", action="store_true", help="fp16 weights/compute (I/O unchanged)")
     onnx.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
                       help=f"ONNX opset, {DEFAULT_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    _add_parity(onnx, "max abs difference allowed (default 1e-4; 1e-2 with --fp16)")
+    _add_parity(onnx, f"max abs difference allowed (default {ATOL['fp32']:g}; "
+                      f"{ATOL['fp16']:g} with --fp16)")
     onnx.set_defaults(func=cmd_onnx)
 
     verify = subs.add_parser("verify", help="re-run the parity check of an existing export")
@@ -132,6 +134,12 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     _add_source(verify)
     _add_parity(verify, "max abs difference allowed (default: the export's own tolerance)")
     verify.set_defaults(func=cmd_verify)
+
+    triton = subs.add_parser("triton", help="write a Triton model repository (encoder + step "
+                             "models, config.pbtxt) and check parity")
+    triton_repo = importlib.import_module(f"{__package__}.triton_repo")
+    triton_repo.add_arguments(triton)
+    triton.set_defaults(func=triton_repo.run)
 
     trt = subs.add_parser("tensorrt", help="build TensorRT engines from an ONNX export")
     trt_error = ""
@@ -279,7 +287,7 @@ def cmd_onnx(args) -> int:
     from ..backends.onnx_format import step_file_name
     from . import onnx as ox
 
-    atol = args.atol or ATOL[args.fp16]
+    atol = args.atol or default_atol("fp16" if args.fp16 else "fp32")
     progress = Progress()
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
@@ -424,8 +432,8 @@ def cmd_verify(args) -> int:
             candidate = load_candidate(path)
         except BackendError as exc:
             raise CliError(f"verify FAILED: {exc}", EXIT_PARITY) from exc
-    default = meta["export"].get("tolerances", {}).get("atol") or ATOL[
-        export_precision(meta) == "fp16"]
+    default = (meta["export"].get("tolerances", {}).get("atol")
+               or default_atol(export_precision(meta)))
     atol = args.atol or float(default)
     try:
         results, _ = parity_check(reference, candidate, args, atol, progress)

@@ -15,7 +15,21 @@ import numpy as np
 
 from ..backends.base import InferenceBackend
 
+# The one parity tolerance table: max abs difference of ``feature`` and ``actions`` to the fp32
+# reference, by the candidate's precision. TensorRT fp32 may run TF32 and other fused kernels,
+# so its fp32 bound is looser. `vla_export onnx|verify|tensorrt` and `vla_bench` default to it.
+ATOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 5e-2}
+TENSORRT_ATOL = {**ATOL, "fp32": 1e-3}
 OUTPUTS = ("feature", "actions")
+
+
+def default_atol(precision: str, backend: str = "onnx") -> float:
+    """The tolerance of ``backend`` (onnx, tensorrt, torch...) at ``precision`` (`ATOL`)."""
+    table = TENSORRT_ATOL if backend == "tensorrt" else ATOL
+    if precision not in table:
+        raise ValueError(f"no parity tolerance for precision {precision!r}; known: "
+                         f"{sorted(table)}")
+    return table[precision]
 COMMANDS = (
     "go to the red box",
     "stop",

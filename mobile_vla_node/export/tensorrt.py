@@ -36,7 +36,6 @@ import numpy as np
 
 from ..backends.base import BackendError
 from ..backends.trt_manifest import (
-    DEFAULT_ATOL,
     DEFAULT_CALIB_BATCHES,
     DEFAULT_WORKSPACE_MB,
     PRECISIONS,
@@ -54,6 +53,7 @@ from ..backends.trt_manifest import (
     validate_profiles,
 )
 from ..replay.frames import BagError
+from .parity import TENSORRT_ATOL, default_atol
 
 LOG = logging.getLogger(__name__)
 EXIT_OK, EXIT_BUILD_FAILED, EXIT_UNAVAILABLE, EXIT_PARITY = 0, 1, 2, 3
@@ -96,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest prompt (ids) the encoder engine accepts (default 64, or "
                              "the model's pad_to)")
     parser.add_argument("--atol", type=float, default=None,
-                        help="parity tolerance, max abs error (default fp32 1e-3, fp16 1e-2, "
-                             "int8 5e-2)")
+                        help="parity tolerance, max abs error (default " + ", ".join(
+                            f"{p} {TENSORRT_ATOL[p]:g}" for p in PRECISIONS) + ")")
 
 
 @dataclass
@@ -149,7 +149,7 @@ class BuildOptions:
     @property
     def tolerance(self) -> float:
         """Parity tolerance: ``--atol`` or the precision's default."""
-        return self.atol if self.atol is not None else DEFAULT_ATOL[self.precision]
+        return self.atol if self.atol is not None else default_atol(self.precision, "tensorrt")
 
     def build_args(self) -> dict:
         """What the manifest records to print the exact rebuild command."""
