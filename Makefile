@@ -15,7 +15,7 @@ export ROS_DOMAIN_ID
 # Camera-sized frames between processes (see config/fastdds_large_images.xml).
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 
-.PHONY: demo test triton-env triton-demo test-unit robot-yaml lint venv clean
+.PHONY: demo test triton-env triton-demo test-unit robot-yaml lint venv clean gpu-check
 
 venv: $(STAMP)
 
@@ -56,6 +56,12 @@ $(TRITON_STAMP): requirements-triton-server.txt
 	set TRITON_PYTHON to a system python3 whose libpython3.X.so is installed)"; exit 1; }
 	$(TRITON_VENV)/bin/python -m pip install --quiet -r requirements-triton-server.txt
 	touch $(TRITON_STAMP)
+
+# On a GPU machine, from a plain checkout (no venv; its own python3 with torch+CUDA): GPU tests,
+# full-size vla_bench eager vs CUDA graphs, environment; files under $(OUT) (docs/GPU.md).
+# Refuses (exit 3) without a CUDA GPU.
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
