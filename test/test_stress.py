@@ -181,6 +181,19 @@ def test_signal_targets():
     assert bad["summary"]["by_pattern"]["SIGINT+SIGINT"]["exit_codes"] == {"-6": 1}
 
 
+def test_another_cmd_vel_publisher_on_the_domain_is_reported():
+    result = load_result()
+    result["graph_publishers_max"] = {"/cmd_vel": 2}
+    assert any("another node published /cmd_vel" in n for n in report.notes(result))
+    assert not any("another node" in n for n in report.notes(load_result()))
+    runs = [{"signals": ["SIGINT"], "exit_code": 0, "nonzero_after_zero": 0, "last_zero": True,
+             "first_zero_s": 0.0, "graph_publishers_max": {"/cmd_vel": 2}}]
+    summary = signals_summary(runs)
+    assert summary["all"]["runs_with_foreign_publishers"] == 1
+    assert any("in 1 runs" in n for n in report.notes({"scenario": "signals",
+                                                        "summary": summary}))
+
+
 def test_a_run_that_never_started_fails_the_signal_targets():
     runs = [{"signals": ["SIGINT"], "exit_code": None, "nonzero_after_zero": 0,
              "last_zero": False, "first_zero_s": None, "error": "node did not publish"}]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -93,9 +94,17 @@ def run_one(args, name: str) -> dict:
     return scenarios.run_clock_jump(args)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     """Run the scenarios; 0 if every target passed (or --no-fail), 1 if one failed, 2 on error."""
     args = parse_args(argv)
+    # Ctrl-C and SIGTERM stop the run through the scenarios' clean-up (hogs, node, publishers),
+    # also when started in the background, where a non-interactive shell ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     out = Path(args.out)
     summary = {}
     failed = errored = False

@@ -17,6 +17,10 @@ import time
 from array import array
 
 HEALTH_TICK_S = 0.01
+GRAPH_PERIOD_S = 0.5
+# More than one publisher on /cmd_vel means another node shares the ROS domain and the figures
+# are not the node's alone; it is reported, not hidden.
+WATCHED_TOPICS = ("/cmd_vel", "/camera/image_raw", "/vla/command")
 STATUS_NAMES = ("control", "inputs")
 
 
@@ -55,6 +59,10 @@ class Recorder:
     def diagnostics_at(self, t: float) -> dict | None:
         """The newest snapshot received at or before ``t``."""
         return self._ask("diag_at", t)
+
+    def publishers(self, since: float, until: float = float("inf")) -> dict:
+        """Most publishers seen per watched topic in the window (>1 on /cmd_vel: another node)."""
+        return self._ask("pubs", since, until)
 
     def health(self, since: float, until: float) -> dict:
         """The recorder's own scheduling lag in the window (ms), to judge the receiver by."""
@@ -127,6 +135,7 @@ def recorder_main(conn, ready, n_twists, last_twist_t, last_nonzero_t, node_name
     twists: list = []
     diags: list = []
     h_times, h_lags = array("d"), array("d")
+    graph: list = []  # (t, {topic: publisher count})
     running = threading.Event()
     running.set()
 
@@ -174,6 +183,12 @@ def recorder_main(conn, ready, n_twists, last_twist_t, last_nonzero_t, node_name
                 elif kind == "diag_at":
                     before = [d for d in diags if d[0] <= request[1]]
                     reply = before[-1][1] if before else None
+                elif kind == "pubs":
+                    reply = {}
+                    for t, counts in graph:
+                        if request[1] <= t <= request[2]:
+                            for topic, n in counts.items():
+                                reply[topic] = max(reply.get(topic, 0), n)
                 elif kind == "health":
                     reply = health_summary(h_times, h_lags, request[1], request[2])
                     reply["nice"] = os.nice(0)
@@ -187,8 +202,14 @@ def recorder_main(conn, ready, n_twists, last_twist_t, last_nonzero_t, node_name
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     ready.set()
+    next_graph = 0.0
     while running.is_set() and ctx.ok():
         executor.spin_once(timeout_sec=0.05)
+        if time.monotonic() >= next_graph:  # is anyone else on this domain? (see docstring)
+            next_graph = time.monotonic() + GRAPH_PERIOD_S
+            counts = {topic: node.count_publishers(topic) for topic in WATCHED_TOPICS}
+            with lock:
+                graph.append((time.monotonic(), counts))
     node.destroy_node()
     rclpy.try_shutdown(context=ctx)
 

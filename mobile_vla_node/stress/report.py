@@ -74,6 +74,10 @@ def notes(result: dict) -> list:
     if rec.get("lag_max_ms") is not None and rec["lag_max_ms"] > RECORDER_LAG_WARN * 1e3 / rate:
         out.append(f"recorder lagged (its own wake-up lag max {rec['lag_max_ms']} ms, p99 "
                    f"{rec['lag_p99_ms']} ms): gaps up to that size may be the receiver's")
+    foreign = _foreign_publishers(result)
+    if foreign:
+        out.append(f"another node published /cmd_vel on this ROS domain ({foreign}): its "
+                   "Twists are mixed in; rerun with a --domain nobody else uses")
     for name, pub in (result.get("publishers") or {}).items():
         if pub.get("error"):
             out.append(f"publisher {name}: {pub['error']}")
@@ -82,6 +86,19 @@ def notes(result: dict) -> list:
             out.append(f"publisher {name} reached only {pub['achieved_hz']} of "
                        f"{pub['nominal_hz']:g} Hz: the load was lighter than named")
     return out
+
+
+def _foreign_publishers(result: dict) -> str:
+    """Where more than one /cmd_vel publisher was seen (empty if never)."""
+    if result["scenario"] == "signals":
+        n = result["summary"]["all"].get("runs_with_foreign_publishers", 0)
+        return f"in {n} runs" if n else ""
+    if result["scenario"] == "clock-jump":
+        bad = [v["variant"] for v in result["variants"]
+               if (v.get("graph_publishers_max") or {}).get("/cmd_vel", 0) > 1]
+        return f"in {', '.join(bad)}" if bad else ""
+    n = (result.get("graph_publishers_max") or {}).get("/cmd_vel", 0)
+    return f"{n} publishers" if n > 1 else ""
 
 
 def _fmt(v) -> str:

@@ -25,6 +25,7 @@ SCENARIOS = LOAD_SCENARIOS[:-1] + ("signals", "clock-jump", "soak")
 SETTLE_S = 2.0
 SIGNAL_KINDS = (("SIGINT",), ("SIGTERM",), ("SIGINT", "SIGINT"), ("SIGINT", "SIGTERM"),
                 ("SIGTERM", "SIGINT"), ("SIGINT", "SIGINT", "SIGINT"))
+MAX_ATTEMPTS = 3  # a signal run that another node's /cmd_vel polluted is repeated
 JUMPS = (("none", 0.0), ("back-10s", -10.0), ("forward-10s", 10.0))
 
 
@@ -229,16 +230,16 @@ def _run_load(rig: Rig, opts, name: str) -> dict:
     state = rig.wait_driving()
     time.sleep(SETTLE_S)
     t0 = time.monotonic()
+    for s in load:  # the new camera starts before the old one stops: no gap in frames
+        s.go()
     if name == "camera-1080p":
         cam.stop()
-    for s in load:
-        s.go()
     time.sleep(duration)
     t1 = time.monotonic()
-    for s in load:
-        s.stop()
     for s in after:
         s.go()
+    for s in load:
+        s.stop()
     time.sleep(tail)
     t2 = time.monotonic()
     diag_first, diag_load, diag_end = (rig.recorder.diagnostics_at(t) for t in (t0, t1, t2))
@@ -259,6 +260,7 @@ def _run_load(rig: Rig, opts, name: str) -> dict:
         "diagnostics": {"end_of_load": analysis.diagnostics_summary(diag_first, diag_load),
                         "end": analysis.diagnostics_summary(diag_first, diag_end)},
         "recorder": rig.recorder.health(t0, t2),
+        "graph_publishers_max": rig.recorder.publishers(t0, t2),
         "publishers": rig.stream_reports(),
         "shutdown": shutdown,
         "node_log": str(rig.log_path),
@@ -272,7 +274,7 @@ def run_signals(opts) -> dict:
     """N runs: drive, then SIGINT/SIGTERM (single, double 5-60 ms apart, triple) at random."""
     rig = Rig(opts, "signals")
     rng = random.Random(opts.seed)
-    runs = []
+    runs, discarded = [], []
     try:
         rig.stream(StreamSpec("camera-640x480", "camera", opts.fps))
         rig.stream(StreamSpec("command", "command", 0.0))
@@ -281,8 +283,14 @@ def run_signals(opts) -> dict:
             s.go()
         for i in range(opts.runs):
             kinds = SIGNAL_KINDS[i % len(SIGNAL_KINDS)]
-            runs.append(_signal_run(rig, opts, i, kinds, rng))
-            r = runs[-1]
+            for _attempt in range(MAX_ATTEMPTS):
+                r = _signal_run(rig, opts, i, kinds, rng)
+                if not foreign(r):
+                    break
+                discarded.append(r)
+                print(f"  run {i + 1:3d}: another /cmd_vel publisher on this ROS domain; run "
+                      "discarded and repeated", flush=True)
+            runs.append(r)
             print(f"  run {i + 1:3d}/{opts.runs} {'+'.join(kinds):<22} exit {r['exit_code']!s:>4} "
                   f"non-zero after zero {r['nonzero_after_zero']} last zero {r['last_zero']}",
                   flush=True)
@@ -291,6 +299,7 @@ def run_signals(opts) -> dict:
     finally:
         rig.close()
     result["runs"] = runs
+    result["discarded_runs"] = discarded
     result["summary"] = signals_summary(runs)
     return result
 
@@ -327,7 +336,9 @@ def _signal_run(rig: Rig, opts, i: int, kinds: tuple, rng: random.Random) -> dic
     rig.sampler.stop()
     twists = rig.recorder.twists(rig.node_start_t)
     out = {"run": i, "signals": list(kinds), "gaps_ms": gaps, "start_state": state,
-           "exit_code": code, "hung_killed": hung, "exit_s": round(t_exit - t_sig, 3)}
+           "exit_code": code, "hung_killed": hung, "exit_s": round(t_exit - t_sig, 3),
+           "delay_s": round(t_sig - rig.node_start_t, 3),
+           "graph_publishers_max": rig.recorder.publishers(rig.node_start_t)}
     out.update(analysis.after_first_zero(twists, t_sig))
     if code != 0 or out["nonzero_after_zero"] or not out["last_zero"]:
         out["log_tail"] = rig.log_tail(1500)
@@ -335,6 +346,11 @@ def _signal_run(rig: Rig, opts, i: int, kinds: tuple, rng: random.Random) -> dic
     else:
         rig.log_path.unlink(missing_ok=True)
     return out
+
+
+def foreign(run: dict) -> bool:
+    """True if more than one node published /cmd_vel during the run (a shared ROS domain)."""
+    return (run.get("graph_publishers_max") or {}).get("/cmd_vel", 0) > 1
 
 
 def signals_summary(runs: list) -> dict:
@@ -353,6 +369,7 @@ def signals_summary(runs: list) -> dict:
                 "last_zero": sum(1 for r in done if r["last_zero"]),
                 "no_zero_at_all": sum(1 for r in done if r.get("first_zero_s") is None),
                 "hung_killed": sum(1 for r in done if r.get("hung_killed")),
+                "runs_with_foreign_publishers": sum(1 for r in done if foreign(r)),
                 "first_zero_max_s": first[-1] if first else None}
 
     by_kind: dict = {}
@@ -418,6 +435,7 @@ def _jump_run(rig: Rig, opts, label: str, jump: float, repeat: int) -> dict:
     out.update(analysis.first_zero_after(twists, t_last or 0.0))
     out["trace_ms"] = [[round((t[0] - t_last) * 1e3, 1), *(round(x, 3) for x in t[1:])]
                        for t in twists if t_last - 0.3 <= t[0] <= t_last + 3.0][:80]
+    out["graph_publishers_max"] = rig.recorder.publishers(rig.node_start_t)
     out["clock"] = rig.streams["clock"].stop()
     out["camera"] = cam_report
     out["shutdown"] = rig.stop_node()
