@@ -28,6 +28,7 @@ LAYERS = {
     "test_demo_policy.py::test_demo_policy_beats_random_and_zero": ("slow",),
     "test_diagnostics.py": ("unit",),
     "test_gpu.py": ("gpu",),
+    "test_gpu_check.py": ("unit",),
     "test_gpu_path.py": ("unit",),
     "test_inputs.py": ("unit",),
     "test_layers.py": ("unit",),
