@@ -12,9 +12,10 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
                                    "fastdds_large_images.xml"))
 
 # Test layers, one entry per test file (`file::test` entries override their file's for that
-# test). test/test_layers.py fails while a test file is missing here. unit: pure Python, no DDS,
-# no child processes; ros: rclpy/DDS/node processes; slow: tens of seconds or more; gpu: needs
-# a CUDA GPU. `make test-unit` runs `-m unit`; `make test` runs everything.
+# test). test/test_layers.py fails while a test file is missing here. unit: no DDS, no node
+# process, seconds each; ros: rclpy/DDS/node processes; slow: tens of seconds or more, or an
+# external server; gpu: needs a CUDA GPU. `make test-unit` runs `-m unit`; `make test` runs
+# everything.
 LAYERS = {
     "test_backends.py": ("unit",),
     "test_bench.py": ("slow",),
@@ -31,11 +32,13 @@ LAYERS = {
     "test_gpu_check.py": ("unit",),
     "test_gpu_path.py": ("unit",),
     "test_inputs.py": ("unit",),
+    "test_launch_file.py": ("unit",),
     "test_layers.py": ("unit",),
     "test_model.py": ("unit",),
     "test_node_integration.py": ("ros",),
     "test_node_onnx.py": ("ros", "slow"),
     "test_node_startup.py": ("ros",),
+    "test_node_time.py": ("ros",),
     "test_onnx_backend.py": ("unit",),
     "test_onnx_export.py": ("slow",),
     "test_package_xml.py": ("unit",),
