@@ -56,6 +56,7 @@ LAYERS = {
     "test_stress.py::test_smoke_command_100hz_null_backend": ("ros", "slow"),
     "test_tensorrt.py": ("unit",),
     "test_team_checkpoints.py": ("unit",),
+    "test_team_node.py": ("ros",),
     "test_timing.py": ("unit",),
     "test_triton.py": ("slow",),  # a real tritonserver on localhost (make triton-env)
     "test_triton.py::test_pbtxt_string_escapes_json": ("unit",),
