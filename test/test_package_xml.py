@@ -27,6 +27,8 @@ THIRD_PARTY = {
 }
 # Installed from JetPack on the robot, never by rosdep or pip (docs/JETSON.md).
 JETPACK = {"torch", "tensorrt", "onnxruntime"}
+# Optional: imported inside try/except ImportError with a fallback, never needed to run.
+OPTIONAL = {"tqdm"}
 
 
 def snapshot() -> dict:
@@ -133,7 +135,7 @@ def test_run_time_third_party_imports_have_an_install_path():
     exec_deps = set(declared().get("exec_depend", []))
     stdlib = set(sys.stdlib_module_names) | {"mobile_vla_node"}
     for module, where in sorted(imports(files).items()):
-        if module in stdlib or is_ros(module) or module in JETPACK:
+        if module in stdlib or is_ros(module) or module in JETPACK | OPTIONAL:
             continue
         assert module in THIRD_PARTY, f"run-time import {module} ({sorted(where)}) is unmapped"
         source = THIRD_PARTY[module]
