@@ -36,6 +36,7 @@ from mobile_vla_node.backends.tensorrt_backend import (
     mismatch_message,
 )
 from mobile_vla_node.core.config import BackendConfig
+from mobile_vla_node.export import calibration
 from mobile_vla_node.export import tensorrt as trt_build
 from mobile_vla_node.export.parity import default_atol
 from mobile_vla_node.model.presets import preset_config
@@ -642,7 +643,7 @@ def test_calibration_batches_from_bag(tmp_path):
     bag = tmp_path / "calib_bag"
     write_image_bag(bag)
     prompts = [np.array([0, 4, 9, 10, 11]), np.array([0, 4, 12])]
-    batches = trt_build.CalibrationBatches(bag, 32, prompts, batch_size=3, pad_id=1)
+    batches = calibration.CalibrationBatches(bag, 32, prompts, batch_size=3, pad_id=1)
     assert batches.shapes() == {"image": (3, 32, 32, 3), "text_ids": (3, 5)}
     out = list(batches)
     assert len(out) == 2  # 7 frames -> 2 full batches of 3; the partial last batch is dropped
@@ -655,11 +656,11 @@ def test_calibration_batches_from_bag(tmp_path):
                 np.array(COLORS[frame], np.uint8), (32, 32, 3)))  # frame order kept
             expected = [0, 4, 9, 10, 11] if frame % 2 == 0 else [0, 4, 12, 1, 1]  # padded
             assert batch["text_ids"][row].tolist() == expected
-    limited = trt_build.CalibrationBatches(bag, 32, prompts, batch_size=2, max_batches=1,
+    limited = calibration.CalibrationBatches(bag, 32, prompts, batch_size=2, max_batches=1,
                                            dtypes={"text_ids": np.int32})
     (only,) = list(limited)
     assert only["text_ids"].dtype == np.int32 and only["image"].shape == (2, 32, 32, 3)
-    assert list(trt_build.CalibrationBatches(bag, 32, prompts[0], batch_size=8)) == []
+    assert list(calibration.CalibrationBatches(bag, 32, prompts[0], batch_size=8)) == []
 
 
 def test_calibration_batches_image_folder_and_errors(tmp_path):
@@ -667,16 +668,16 @@ def test_calibration_batches_image_folder_and_errors(tmp_path):
 
     for i, color in enumerate(COLORS[:4]):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((20, 30, 3), color[::-1], np.uint8))
-    (single,) = [b for b in trt_build.CalibrationBatches(tmp_path, 16, np.array([0, 5]),
+    (single,) = [b for b in calibration.CalibrationBatches(tmp_path, 16, np.array([0, 5]),
                                                          batch_size=4)]
     assert single["image"].shape == (4, 16, 16, 3)
     np.testing.assert_array_equal(single["image"][1, 0, 0], np.array(COLORS[1], np.uint8))
-    bgr = list(trt_build.CalibrationBatches(tmp_path, 16, np.array([0]), channel_order="bgr"))
+    bgr = list(calibration.CalibrationBatches(tmp_path, 16, np.array([0]), channel_order="bgr"))
     np.testing.assert_array_equal(bgr[1]["image"][0, 0, 0], np.array(COLORS[1][::-1]))
     with pytest.raises(ValueError, match="batch_size 0"):
-        trt_build.CalibrationBatches(tmp_path, 16, [np.array([1])], batch_size=0)
+        calibration.CalibrationBatches(tmp_path, 16, [np.array([1])], batch_size=0)
     with pytest.raises(ValueError, match="non-empty prompt"):
-        trt_build.CalibrationBatches(tmp_path, 16, [np.array([], np.int64)])
+        calibration.CalibrationBatches(tmp_path, 16, [np.array([], np.int64)])
 
 
 class FakeCuda:
@@ -705,7 +706,7 @@ def test_calibrator_feeds_batches_and_caches(tmp_path):
     batches = [{"image": np.full((1, 4, 4, 3), i, np.uint8), "text_ids": np.array([[0, i]])}
                for i in range(2)]
     cache = tmp_path / "sub" / "m.calib.cache"
-    calib = trt_build.make_calibrator(fake_trt, cuda, batches, cache, read_cache=False)
+    calib = calibration.make_calibrator(fake_trt, cuda, batches, cache, read_cache=False)
     assert calib.get_batch_size() == 1
     ptrs = calib.get_batch(["text_ids", "image"])
     assert cuda.memory[ptrs[0]].tolist() == [[0, 0]] and cuda.memory[ptrs[1]].shape == (1, 4, 4, 3)
@@ -714,12 +715,12 @@ def test_calibrator_feeds_batches_and_caches(tmp_path):
     assert calib.read_calibration_cache() is None  # recalibrating: the old table is not read
     calib.write_calibration_cache(memoryview(b"TRT-1001-EntropyCalibration2"))
     assert cache.read_bytes() == b"TRT-1001-EntropyCalibration2"
-    reuse = trt_build.make_calibrator(fake_trt, cuda, [], cache, read_cache=True)
+    reuse = calibration.make_calibrator(fake_trt, cuda, [], cache, read_cache=True)
     assert reuse.read_calibration_cache() == b"TRT-1001-EntropyCalibration2"
     assert reuse.get_batch(["image"]) is None
     calib.free()
     assert cuda.memory == {}
-    broken = trt_build.make_calibrator(fake_trt, cuda, batches, cache, read_cache=False)
+    broken = calibration.make_calibrator(fake_trt, cuda, batches, cache, read_cache=False)
     assert broken.get_batch(["missing"]) is None and isinstance(broken.error, KeyError)
 
 

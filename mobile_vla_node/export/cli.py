@@ -13,16 +13,15 @@ Exit codes: 0 ok, 1 unexpected failure, 2 bad arguments/inputs, 3 parity or chec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.progress import Progress
 from .parity import ATOL, default_atol
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
@@ -38,25 +37,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
         self.code = code
-
-
-class Progress:
-    """Prints ``[elapsed] phase ...`` / ``phase: done in N s`` lines."""
-
-    def __init__(self):
-        self.t0 = time.monotonic()
-
-    def line(self, text: str) -> None:
-        """One progress line with the elapsed time."""
-        print(f"[{time.monotonic() - self.t0:7.2f}s] {text}", flush=True)
-
-    @contextlib.contextmanager
-    def phase(self, what: str):
-        """Time one phase."""
-        start = time.monotonic()
-        self.line(f"{what} ...")
-        yield
-        self.line(f"{what}: done in {time.monotonic() - start:.2f} s")
 
 
 def _opset(text: str) -> int:

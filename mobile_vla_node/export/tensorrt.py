@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import logging
 import signal
 import sys
@@ -31,8 +30,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from ..backends.base import BackendError
 from ..backends.trt_manifest import (
@@ -52,14 +49,13 @@ from ..backends.trt_manifest import (
     validate_precision,
     validate_profiles,
 )
+from ..core.progress import Progress
 from ..replay.frames import BagError
+from .calibration import CalibrationError, calibrator_for
 from .parity import TENSORRT_ATOL, default_atol
 
 LOG = logging.getLogger(__name__)
 EXIT_OK, EXIT_BUILD_FAILED, EXIT_UNAVAILABLE, EXIT_PARITY = 0, 1, 2, 3
-# Prompts the encoder is calibrated with (frames carry the diversity; these vary the text).
-CALIB_INSTRUCTIONS = ("go to the red box", "turn left", "move forward slowly", "stop",
-                      "approach the chair and then stop")
 
 
 class BuildError(RuntimeError):
@@ -192,8 +188,8 @@ def _print(text: str) -> None:
 # ----------------------------------------------------------------------------- progress
 
 
-class BuildProgress:
-    """Builder progress as lines with elapsed seconds (TensorRT calls it from several threads).
+class BuildProgress(Progress):
+    """TensorRT builder progress as `Progress` lines (TensorRT calls it from several threads).
 
     Phase starts and ends are printed for the two outermost levels; steps of any phase at most
     every ``interval_s`` seconds. ``cancel()`` makes the next step report ask TensorRT to stop.
@@ -201,17 +197,11 @@ class BuildProgress:
 
     def __init__(self, label: str, emit=_print, clock=time.monotonic, interval_s: float = 2.0,
                  max_depth: int = 2):
-        self.label, self.emit, self.clock = label, emit, clock
+        super().__init__(label, emit, clock)
         self.interval_s, self.max_depth = interval_s, max_depth
-        self.start = clock()
         self.phases: dict[str, tuple[str | None, int]] = {}
         self.cancelled = False
         self._last_step = -float("inf")
-        self._lock = threading.Lock()
-
-    def elapsed(self) -> float:
-        """Seconds since the build started."""
-        return self.clock() - self.start
 
     def _path(self, name: str) -> list[str]:
         path, seen = [name], {name}
@@ -222,13 +212,9 @@ class BuildProgress:
             parent = self.phases.get(parent, (None, 0))[0]
         return path
 
-    def _line(self, text: str) -> None:
-        self.emit(f"[{self.elapsed():7.1f} s] {self.label}: {text}")
-
     def message(self, text: str) -> None:
         """A free-form progress line."""
-        with self._lock:
-            self._line(text)
+        self.line(text)
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
         """TensorRT entered a phase of ``num_steps`` steps."""
@@ -236,7 +222,7 @@ class BuildProgress:
             self.phases[phase_name] = (parent_phase, int(num_steps))
             path = self._path(phase_name)
             if len(path) <= self.max_depth:
-                self._line(f"{' > '.join(path)} ({num_steps} steps)")
+                self.line(f"{' > '.join(path)} ({num_steps} steps)")
 
     def step_complete(self, phase_name: str, step: int) -> bool:
         """A step finished; return False to cancel the build."""
@@ -245,7 +231,7 @@ class BuildProgress:
             if now - self._last_step >= self.interval_s:
                 self._last_step = now
                 steps = self.phases.get(phase_name, (None, 0))[1]
-                self._line(f"{' > '.join(self._path(phase_name))} {step + 1}/{steps}")
+                self.line(f"{' > '.join(self._path(phase_name))} {step + 1}/{steps}")
             return not self.cancelled
 
     def phase_finish(self, phase_name: str) -> None:
@@ -253,7 +239,7 @@ class BuildProgress:
         with self._lock:
             path = self._path(phase_name)
             if len(path) <= self.max_depth:
-                self._line(f"{' > '.join(path)} done")
+                self.line(f"{' > '.join(path)} done")
             self.phases.pop(phase_name, None)
 
     def cancel(self) -> None:
@@ -316,109 +302,6 @@ def _cancel_on_interrupt(progress: BuildProgress):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-class CalibrationBatches:
-    """Fixed-size encoder input batches for int8 calibration (pure Python, no TensorRT).
-
-    Frames come from a rosbag2 bag or an image folder (`replay.frames.iter_frames`) and go through
-    the node's own `to_model_input`; each batch is ``{"image": uint8 (B, S, S, 3), "text_ids":
-    (B, L)}``. Prompts are assigned to frames round-robin and right-padded with ``pad_id`` to
-    one length L (the encoder masks padding out of attention), so every batch has the same shape,
-    which TensorRT's calibration profile needs. A partial last batch is DROPPED: padding it with
-    repeated or blank frames would skew the activation histograms.
-    """
-
-    def __init__(self, source: str | Path, image_size: int, prompts, *, batch_size: int = 1,
-                 max_batches: int | None = None, channel_order: str = "rgb",
-                 topic: str | None = None, pad_id: int = 1, dtypes: dict | None = None,
-                 resize_filter: str = "bicubic"):
-        if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size} must be >= 1")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches {max_batches} must be >= 1")
-        prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in
-                   ([prompts] if np.asarray(prompts[0]).ndim == 0 else prompts)]
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("calibration needs at least one non-empty prompt")
-        self.text_len = max(len(p) for p in prompts)
-        self.prompts = np.stack([np.pad(p, (0, self.text_len - len(p)), constant_values=pad_id)
-                                 for p in prompts])
-        self.source, self.image_size, self.batch_size = source, int(image_size), batch_size
-        self.max_batches, self.channel_order, self.topic = max_batches, channel_order, topic
-        self.resize_filter = resize_filter   # the PIL filter the model was trained with
-        self.dtypes = {"image": np.uint8, "text_ids": np.int64, **(dtypes or {})}
-
-    def shapes(self) -> dict[str, tuple]:
-        """Shape of each input in every batch."""
-        size = self.image_size
-        return {"image": (self.batch_size, size, size, 3),
-                "text_ids": (self.batch_size, self.text_len)}
-
-    def __iter__(self):
-        """Yield batches in frame order; the remainder that does not fill a batch is dropped."""
-        from ..core.preprocess import to_model_input
-        from ..replay.frames import iter_frames
-
-        limit = self.batch_size * self.max_batches if self.max_batches else None
-        frames = iter_frames(self.source, topic=self.topic, limit=limit)
-        prompt_index = itertools.cycle(range(len(self.prompts)))
-        images, ids = [], []
-        for frame in frames:
-            images.append(to_model_input(frame, self.image_size, self.channel_order,
-                                         self.resize_filter))
-            ids.append(self.prompts[next(prompt_index)])
-            if len(images) == self.batch_size:
-                yield {"image": np.stack(images).astype(self.dtypes["image"], copy=False),
-                       "text_ids": np.stack(ids).astype(self.dtypes["text_ids"])}
-                images, ids = [], []
-
-
-def make_calibrator(trt, cuda, batches: list[dict], cache: Path, read_cache: bool):
-    """An ``IInt8EntropyCalibrator2`` over prepared batches, with a read/write table cache."""
-
-    class _Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index, self.error = 0, None
-            first = batches[0] if batches else {}
-            self.device = {name: cuda.malloc(arr.nbytes) for name, arr in first.items()}
-
-        def get_batch_size(self):
-            return 1  # explicit-batch network: the batch is part of the input shapes
-
-        def get_batch(self, names):
-            if self.index >= len(batches):
-                return None
-            try:
-                batch = batches[self.index]
-                for name in names:
-                    cuda.copy_to_device(self.device[name], batch[name])
-                self.index += 1
-                return [self.device[name] for name in names]
-            except Exception as exc:  # noqa: BLE001 - surfaced after the build
-                self.error = exc
-                return None
-
-        def read_calibration_cache(self):
-            if read_cache and cache.is_file():
-                LOG.info("using int8 calibration cache %s", cache)
-                return cache.read_bytes()
-            return None
-
-        def write_calibration_cache(self, data):
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_bytes(bytes(data))
-
-        def free(self):
-            for ptr in self.device.values():
-                cuda.free(ptr)
-            self.device = {}
-
-    return _Calibrator()
 
 
 # ----------------------------------------------------------------------------- build
@@ -545,35 +428,6 @@ def build_engine(trt, logger, onnx: Path, engine: Path, *, precision: str, profi
     return {"seconds": seconds, "bytes": size, "flags": flag_names, "precision": precision}
 
 
-def _calibration(trt, cuda, options: BuildOptions, meta: dict, text_max: int, log, inputs):
-    """Calibrator + calibration-profile shapes for the encoder's parsed ``inputs`` (int8)."""
-    from ..model.tokenizer import PromptTokenizer
-
-    tokenizer = PromptTokenizer.from_json(meta["tokenizer"])
-    batch = max(int(inputs["image"].shape[0]), 1)
-    batches = CalibrationBatches(
-        options.calib or "", int(meta["model_spec"]["image_size"]),
-        [tokenizer.encode(text) for text in CALIB_INSTRUCTIONS], batch_size=batch,
-        max_batches=options.calib_batches, pad_id=tokenizer.special_ids["<pad>"],
-        channel_order=(meta.get("normalization") or {}).get("channel_order", "rgb"),
-        resize_filter=meta["model_spec"].get("resize_filter", "bicubic"),
-        dtypes={name: trt.nptype(t.dtype) for name, t in inputs.items()})
-    if batches.text_len > text_max:
-        raise BuildError(f"calibration prompts are {batches.text_len} ids long, more than "
-                         f"--max-text-len {text_max}")
-    if not options.calib:
-        log(f"int8: using the calibration cache {options.calib_cache} (no --calib given; if "
-            "TensorRT rejects it, pass --calib to recalibrate)")
-        return make_calibrator(trt, cuda, [], options.calib_cache, True), batches.shapes()
-    prepared = list(batches)
-    if not prepared:
-        raise BuildError(f"--calib {options.calib} gave no full calibration batch of {batch} "
-                         "frame(s)")
-    log(f"int8: calibrating the encoder with {len(prepared)} batches of {batch} frame(s) from "
-        f"{options.calib}; table -> {options.calib_cache}")
-    return make_calibrator(trt, cuda, prepared, options.calib_cache, False), batches.shapes()
-
-
 def build_engines(options: BuildOptions, log=_print) -> EngineManifest:
     """Build both engines and write the manifest (TensorRT and a CUDA device required)."""
     from ..backends.tensorrt_backend import (
@@ -607,7 +461,10 @@ def build_engines(options: BuildOptions, log=_print) -> EngineManifest:
     results, made = {}, []
 
     def calibration(inputs):
-        made.append(_calibration(trt, cuda, options, meta, text_max, log, inputs))
+        try:
+            made.append(calibrator_for(trt, cuda, options, meta, text_max, log, inputs))
+        except CalibrationError as exc:
+            raise BuildError(str(exc)) from exc
         return made[-1]
 
     try:

@@ -21,13 +21,13 @@ from ..core.config import NodeConfig
 from ..core.control import ControlLoop
 from ..core.inputs import InputRules
 from ..core.pipeline import BAD_IMAGE, DISCARDED, INFERENCE_ERROR, FramePipeline
+from ..core.progress import CountBar
 from ..core.runtime import PolicyRuntime
 from . import bagio
 from .frames import BagError
 from .metrics import latency, metrics
 from .params import ReplayError
 from .plot import write_plot
-from .progress import Progress
 
 CSV_HEADER = ("t", "pred_linear_x", "pred_linear_y", "pred_angular_z", "ref_linear_x",
               "ref_linear_y", "ref_angular_z", "stop_reason", "command")
@@ -307,7 +307,7 @@ def run_eval(bag: str | Path, out: str | Path, config: NodeConfig, *,
             role_of = {(c.topic, c.msgtype): role for role, cs in sel.connections.items()
                        for c in cs}
             wanted = [c for cs in sel.connections.values() for c in cs]
-            progress = Progress(sum(c.msgcount for c in wanted), f"eval {bag.name}")
+            progress = CountBar(sum(c.msgcount for c in wanted), f"eval {bag.name}")
             try:
                 for conn, t_ns, raw in bagio.iter_messages(reader, wanted, bag):
                     loop.add(t_ns, role_of[(conn.topic, conn.msgtype)], conn, raw, reader)
