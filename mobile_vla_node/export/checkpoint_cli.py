@@ -12,6 +12,7 @@ device (no memory), so inspecting the full Kosmos-2 policy takes seconds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,18 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _preset_for(path: str, requested: str) -> str:
-    """The preset whose backbone matches (only tiny vs full Kosmos-2 is told from the keys)."""
-    if requested:
-        return requested
-    from ..model.checkpoint import map_keys, read_checkpoint
-
-    try:
-        state, _ = map_keys(read_checkpoint(path)[0])
-    except Exception:   # reported properly by `prepare`
-        return "mobile-vla-kosmos2"
-    emb = state.get("backbone.text_model.model.embed_tokens.weight")
-    return "tiny" if emb is not None and tuple(emb.shape)[1] == 64 else "mobile-vla-kosmos2"
+def _is_tiny(prep) -> bool:
+    """The checkpoint's backbone has the `tiny` preset's width (test fixtures, the demo)."""
+    emb = prep.state.get("backbone.text_model.model.embed_tokens.weight")
+    return emb is not None and tuple(emb.shape)[1] == 64
 
 
 def inspect(args) -> int:
@@ -67,12 +60,13 @@ def inspect(args) -> int:
     if not path.exists():
         print(f"vla_checkpoint: error: {str(path)!r} does not exist", file=sys.stderr)
         return EXIT_USAGE
-    preset = _preset_for(str(path), args.preset) if path.is_file() else (args.preset or
-                                                                         "mobile-vla-kosmos2")
-    source = ModelSource(preset, str(path), args.backbone_path, True, args.allow_unsafe_pickle,
-                         args.config)
+    source = ModelSource(args.preset or "mobile-vla-kosmos2", str(path), args.backbone_path,
+                         True, args.allow_unsafe_pickle, args.config)
     try:
         prep = prepare(source)
+        if not args.preset and _is_tiny(prep):     # re-read only small files
+            source = ModelSource("tiny", *dataclasses.astuple(source)[1:])
+            prep = prepare(source)
     except CheckpointError as exc:
         print(f"checkpoint   : {path}\nverdict      : CANNOT READ: {exc}")
         return EXIT_UNFAITHFUL

@@ -62,6 +62,8 @@ def _safe_load(path: Path):
     if hasattr(ser, "safe_globals"):            # torch >= 2.5: scoped to this call
         with ser.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(str(path), map_location="cpu", weights_only=True)
+    if hasattr(ser, "add_safe_globals"):        # torch 2.4: process-wide, the same one class
+        ser.add_safe_globals(list(SAFE_GLOBALS))
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
