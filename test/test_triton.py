@@ -110,12 +110,22 @@ def test_tls_files_are_checked_before_connecting(tmp_path):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The tiny demo policy as a Triton repository (CPU instances), via `vla_export triton`."""
-    from mobile_vla_node.export.triton_repo import main
+    from mobile_vla_node.export.cli import main
 
     out = tmp_path_factory.mktemp("triton") / "repo"
-    assert main(["--preset", "tiny", "--output", str(out), "--instance-kind", "cpu",
+    assert main(["triton", "--preset", "tiny", "--output", str(out), "--instance-kind", "cpu",
                  "--max-batch", "4"]) == 0
+    config = (out / "mobile_vla_step" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in config and "kind: KIND_CPU" in config
+    assert (out / "mobile_vla_encoder" / "1" / "model.onnx").is_file()
     return out
+
+
+def test_export_cli_rejects_bad_arguments(tmp_path, capsys):
+    from mobile_vla_node.export.cli import main
+
+    assert main(["triton", "--preset", "nope", "--output", str(tmp_path / "r")]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +302,21 @@ def test_credentials_header_is_sent(repo, tmp_path):
         remote.close()
     finally:
         srv.stop()
+
+
+def test_fleet_benchmark_forms_batches(tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    import json
+
+    from mobile_vla_node.bench.cli import main
+
+    out = tmp_path / "fleet.json"
+    assert main(["--mode", "fleet", "--robots", "3", "--steps", "15", "--warmup", "2",
+                 "--rate-hz", "0", "--runs", "triton", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    run = report["runs"]["triton"]
+    assert [r["steps"] for r in run["per_robot"]] == [15, 15, 15]
+    encoder = run["server"]["mobile_vla_encoder"]
+    assert encoder["requests"] == 45
+    assert sum(int(size) * n for size, n in encoder["batch_histogram"].items()) == 45

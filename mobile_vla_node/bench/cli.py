@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="PyTorch checkpoint file or model folder")
     p.add_argument("--backends", type=_backends, required=True,
                    help="comma-separated: torch,onnx,tensorrt (null: no model, node overhead)")
-    p.add_argument("--mode", choices=MODES, required=True)
+    p.add_argument("--mode", choices=MODES, required=True,
+                   help="(also: fleet, N robots vs one Triton server, own options: "
+                        "vla_bench --mode fleet --help)")
     p.add_argument("--iters", type=int, required=True, help="timed steps (node: frames)")
     p.add_argument("--warmup", type=int, required=True, help="untimed steps before them")
     p.add_argument("--json", required=True, type=Path, help="write every figure here")
@@ -344,6 +346,11 @@ def run_children(args, workdir: Path) -> dict:
 def main(argv=None) -> int:
     """Entry point of ``vla_bench``."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--mode=fleet" in argv or any(a == "--mode" and b == "fleet"
+                                     for a, b in zip(argv, argv[1:], strict=False)):
+        from .fleet import main as fleet_main  # N robots vs one Triton server (own options)
+
+        return fleet_main(argv)
     args = parse_args(argv)
     try:
         return _main(args, argv)

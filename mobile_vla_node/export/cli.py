@@ -96,7 +96,8 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     Returns the parser and an error text if `export.tensorrt` could not be imported.
     """
     parser = argparse.ArgumentParser(prog="vla_export", description=__doc__.split("\n")[0])
-    subs = parser.add_subparsers(dest="command", required=True, metavar="{onnx,verify,tensorrt}")
+    subs = parser.add_subparsers(dest="command", required=True,
+                                 metavar="{onnx,verify,tensorrt,triton}")
 
     onnx = subs.add_parser("onnx", help="export NAME.onnx + NAME.step.onnx and check parity")
     _add_source(onnx)
@@ -114,6 +115,12 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     _add_source(verify)
     _add_parity(verify, "max abs difference allowed (default: the export's own tolerance)")
     verify.set_defaults(func=cmd_verify)
+
+    triton = subs.add_parser("triton", help="write a Triton model repository (encoder + step "
+                             "models, config.pbtxt) and check parity")
+    triton_repo = importlib.import_module(f"{__package__}.triton_repo")
+    triton_repo.add_arguments(triton)
+    triton.set_defaults(func=triton_repo.run)
 
     trt = subs.add_parser("tensorrt", help="build TensorRT engines from an ONNX export")
     trt_error = ""

@@ -286,6 +286,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, check parity, write the repository; exit code 0/2/3 like ``vla_export onnx``."""
+    from .cli import CliError
+
+    try:
+        return _run(args)
+    except CliError as exc:  # handled here: under `python -m ...cli` that module is __main__
+        print(f"vla_export triton: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _run(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, EXIT_PARITY, CliError, Progress, _metadata, _source, load_reference
     from .onnx import max_text_len, save_model, set_metadata, weight_bytes
 
@@ -366,16 +376,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``vla_export triton`` on its own (the export CLI wires the same functions)."""
-    from .cli import CliError
-
     parser = argparse.ArgumentParser(prog="vla_export triton", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except CliError as exc:
-        print(f"vla_export triton: error: {exc}", file=sys.stderr)
-        return exc.code
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
