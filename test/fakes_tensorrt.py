@@ -25,16 +25,12 @@ import pytest
 
 from mobile_vla_node.backends import trt_manifest as tm
 from mobile_vla_node.backends.base import BackendError
-from mobile_vla_node.backends.tensorrt_backend import (
-    CudaRuntime,
-)
+from mobile_vla_node.backends.tensorrt_backend import CudaRuntime
 from mobile_vla_node.model.presets import preset_config
 from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
 
 TINY_SPEC = {"preset": "tiny", "image_size": 224, "feature_dim": 64, "window_size": 4,
              "chunk": 1, "action_dim": 3, "max_linear": 0.5, "chunk_step_period_s": 0.1}
-
-
 FACTS = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
 
 
