@@ -1,7 +1,8 @@
 """The torch backend on a CUDA GPU: parity with CPU fp32, CUDA graphs, resizing on the device.
 
 Marker ``gpu``; every test skips without a CUDA device. `make gpu-check` (scripts/gpu_check.py)
-runs them with ``VLA_GPU_REPORT=FILE``, and the measured differences are written there as JSON.
+runs them with ``VLA_GPU_REPORT=FILE``: each measured difference is written there (JSON) as soon as
+it is measured.
 
 Model: the full-size preset (``mobile-vla-kosmos2``, 1.7B parameters) with seeded RANDOM weights
 built from its config (nothing is downloaded), built once on the CPU and copied to the GPU for
@@ -46,14 +47,14 @@ RESIZE_MAX_LEVELS, RESIZE_MEAN_LEVELS = 2, 0.05
 REPORT: dict = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report():
-    """Write what the tests measured to $VLA_GPU_REPORT (JSON) when set."""
-    yield REPORT
+def record(key: str, value) -> None:
+    """Keep a measured figure and rewrite $VLA_GPU_REPORT (JSON) at once (a killed run keeps
+    what was measured before)."""
+    REPORT[key] = value
     path = os.environ.get("VLA_GPU_REPORT")
     if path and HAS_CUDA:
-        REPORT["device"] = torch.cuda.get_device_name(0)
-        REPORT["torch"] = torch.__version__
+        REPORT.setdefault("device", torch.cuda.get_device_name(0))
+        REPORT.setdefault("torch", torch.__version__)
         with open(path, "w") as f:
             json.dump(REPORT, f, indent=2, default=str)
 
@@ -115,8 +116,8 @@ class Suite:
 def full():
     t0 = time.perf_counter()
     suite = Suite(loader.load_policy(loader.ModelSource(preset=FULL)))
-    REPORT["full_model"] = {"preset": FULL, "weights": "random (seed 0), built from the config",
-                            "cases": len(suite.cases), "setup_s": time.perf_counter() - t0}
+    record("full_model", {"preset": FULL, "weights": "random (seed 0), built from the config",
+                          "cases": len(suite.cases), "setup_s": time.perf_counter() - t0})
     return suite
 
 
@@ -138,7 +139,7 @@ def test_cuda_matches_cpu_fp32(full, precision):
         d = diffs(got, full.reference)
         d["atol_actions"] = ATOL[precision]
         d["eager_full_window_step_ms"] = step_ms(backend, full.cases[-1])
-        REPORT[f"full_{precision}_vs_cpu_fp32"] = d
+        record(f"full_{precision}_vs_cpu_fp32", d)
         assert all(np.isfinite(g[1]).all() for g in got)
         assert d["actions"]["max_abs"] <= ATOL[precision], d
     finally:
@@ -165,11 +166,11 @@ def test_cuda_graphs_match_eager(full, precision):
         assert {("step", t) for t in range(1, window + 1)} <= set(cache.graphs), state
         d = diffs(first, want)
         d_again = diffs(again, first)
-        REPORT[f"full_{precision}_graphs"] = {
+        record(f"full_{precision}_graphs", {
             "vs_eager": d, "replay_vs_first": d_again, "state": state,
             "graph_full_window_step_ms": step_ms(graphed, full.cases[-1]),
             "eager_full_window_step_ms": eager_ms,
-            "vs_cpu_fp32": diffs(again, full.reference)}
+            "vs_cpu_fp32": diffs(again, full.reference)})
         assert d["actions"]["max_abs"] <= GRAPH_ATOL, d
         assert d_again["actions"]["max_abs"] == 0.0, d_again
         assert diffs(again, full.reference)["actions"]["max_abs"] <= ATOL[precision]
@@ -187,7 +188,7 @@ def test_chunked_steps_on_cuda(chunked):
             got = run_cases(backend, chunked.cases)
             assert all(g[1].shape == (10, spec.action_dim) for g in got)
             d = diffs(got, chunked.reference)
-            REPORT[f"chunk10_small_{precision}{'_graphs' if graphs else ''}_vs_cpu_fp32"] = d
+            record(f"chunk10_small_{precision}{'_graphs' if graphs else ''}_vs_cpu_fp32", d)
             assert d["actions"]["max_abs"] <= ATOL[precision], d
             if graphs:
                 assert not backend._graphs.failed, backend.describe().extra["cuda_graph"]
@@ -216,7 +217,7 @@ def test_gpu_resize_matches_pil():
             .astype(np.int16)).ravel() for f in frames])
         rows[name] = {"max_levels": int(d.max()), "mean_levels": float(d.mean()),
                       "differing_fraction": float((d > 0).mean())}
-    REPORT["gpu_resize_vs_pil"] = rows
+    record("gpu_resize_vs_pil", rows)
     for row in rows.values():
         assert row["max_levels"] <= RESIZE_MAX_LEVELS and row["mean_levels"] < RESIZE_MEAN_LEVELS
 
@@ -235,10 +236,10 @@ def test_runtime_raw_frames_on_gpu_with_graphs_match_cpu_pil_path(full):
         for rgb in frames:
             want, got = cpu_rt.step(rgb), gpu_rt.step(rgb)
             worst = max(worst, float(np.abs(got.actions - want.actions).max()))
-        REPORT["runtime_raw_frames_bf16_graphs_vs_cpu_fp32_pil"] = {
+        record("runtime_raw_frames_bf16_graphs_vs_cpu_fp32_pil", {
             "steps": len(frames), "actions_max_abs": worst,
             "cuda_graph": gpu.describe().extra["cuda_graph"],
-            "preprocess": gpu.describe().extra["preprocess"]}
+            "preprocess": gpu.describe().extra["preprocess"]})
         assert len(gpu_rt.history) == gpu.spec.window_size - 1
         assert not gpu._graphs.failed, gpu.describe().extra["cuda_graph"]
         assert worst <= ATOL["bf16"]
