@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            f"vla_node = {PACKAGE}.ros.node:main",
+            f"vla_node = {PACKAGE}.ros.main:main",
             f"vla_demo = {PACKAGE}.demo.cli:main",
             f"vla_export = {PACKAGE}.export.cli:main",
             f"vla_checkpoint = {PACKAGE}.export.checkpoint_cli:main",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def other_domain() -> int:
+    """A second domain id for a test whose node must not see the module's shared node."""
+    # Within 1..101: higher ids map onto Linux ephemeral ports and can clash.
+    return (int(os.environ.get("ROS_DOMAIN_ID", "0")) + 50) % 101 + 1
 
 
 def ros_env(domain: int | None = None) -> dict:
@@ -24,13 +29,15 @@ def ros_env(domain: int | None = None) -> dict:
     return env
 
 
-def start_node(params: dict | None = None, extra_args=(), log_path: Path | None = None):
+def start_node(params: dict | None = None, extra_args=(), log_path: Path | None = None,
+               domain: int | None = None):
     """Start the node process with ``-p name:=value`` parameters."""
     from mobile_vla_node.ros.process import node_argv
 
     args = node_argv(params, extra_args)
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(args, cwd=REPO, env=ros_env(), stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, cwd=REPO, env=ros_env(domain), stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def stop_process(proc, timeout: float = 10.0) -> int:
@@ -61,7 +68,7 @@ def rgb_image_msg(frame: np.ndarray, stamp, encoding: str = "rgb8"):
 class Probe:
     """A test-side rclpy node in a background executor: publishes inputs, records outputs."""
 
-    def __init__(self, name: str = "probe"):
+    def __init__(self, name: str = "probe", domain: int | None = None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
@@ -72,7 +79,7 @@ class Probe:
         from mobile_vla_node.ros.qos import profile
 
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain)
         self.node = rclpy.create_node(name, context=self.context)
         self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", profile("camera"))
         self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
@@ -146,6 +153,14 @@ class Probe:
                 return True
             time.sleep(interval)
         return predicate()
+
+    def wait_active(self, timeout: float = 120.0) -> bool:
+        """Wait until the node's diagnostics report the lifecycle state "active"."""
+        def active():
+            control = self.latest_diagnostics().get("vla_node: control")
+            return control is not None and any(
+                kv.key == "lifecycle_state" and kv.value == "active" for kv in control.values)
+        return self.wait_for(active, timeout=timeout, interval=0.1)
 
     def latest_diagnostics(self) -> dict:
         """The newest DiagnosticArray as {name: status} (empty if none)."""

@@ -32,6 +32,8 @@ LIVE = {
     "action_gain", "deadzone",
     # diagnostic thresholds
     "inference_warn_ms", "inference_error_ms", "jitter_warn_ms", "input_rate_warn_hz",
+    # which instructions drive, and the clock-jump threshold
+    "stop_phrases", "allowed_instructions", "time_jump_threshold_s",
 }
 
 
@@ -194,11 +196,15 @@ def test_robot_yaml_has_exactly_the_parameters_and_builds():
     data = yaml.safe_load(ROBOT_YAML.read_text())
     assert list(data) == ["/**"]
     params = data["/**"]["ros__parameters"]
-    assert set(params) == set(PARAMETERS), (sorted(set(params) - set(PARAMETERS)),
-                                            sorted(set(PARAMETERS) - set(params)))
+    # An empty list has no ROS parameter type, so those are written as comments only.
+    empty = {name for name, meta in PARAMETERS.items() if meta["default"] == []}
+    assert empty == {"allowed_instructions"}
+    assert set(params) == set(PARAMETERS) - empty, (sorted(set(params) - set(PARAMETERS)),
+                                                    sorted(set(PARAMETERS) - set(params)))
+    assert all(f"# {name}: []" in ROBOT_YAML.read_text() for name in empty)
     cfg = NodeConfig.from_params(params)
     assert isinstance(cfg, NodeConfig)
-    assert cfg.to_params().keys() == params.keys()
+    assert cfg.to_params().keys() == set(params) | empty
 
 
 def test_live_parameters_are_only_limits_timeouts_gain_deadzone_and_thresholds():

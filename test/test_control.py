@@ -210,3 +210,50 @@ def test_accel_limit_through_the_loop_resets_on_stop():
     c.set_enabled(True)
     c.on_chunk(np.array([[0.5, 0.5, 0.5]]), 0.3, ChunkMeta(0.0))
     assert c.tick(0.4).twist == pytest.approx([0.1, 0.1, 0.1])
+
+
+def moving_loop(now=10.0):
+    c = loop()
+    c.on_command(True)
+    c.on_image(now)
+    c.on_chunk(V, now, ChunkMeta(image_stamp=now))
+    assert c.tick(now + 0.05).stop_reason is None
+    return c
+
+
+def test_clock_jump_back_stops_until_a_new_image_and_chunk():
+    c = moving_loop(100.0)
+    # Without a jump report the future stamps alone already stop it (clock ran backwards).
+    assert c.tick(90.0).stop_reason in ("image_from_future", "action_from_future")
+    c.on_clock_jump("ROS time jumped back 10 s")
+    assert c.tick(90.05).stop_reason == "clock_jump"
+    c.on_chunk(V, 90.1, ChunkMeta(image_stamp=90.1))   # a step from a pre-jump frame
+    assert c.tick(90.15).stop_reason == "clock_jump"
+    c.on_image(90.2)
+    assert c.tick(90.25).stop_reason == "clock_jump"   # needs a chunk after the image
+    c.on_chunk(V, 90.3, ChunkMeta(image_stamp=90.2))
+    assert c.tick(90.35).stop_reason is None
+    assert c.clock_jumps == 1 and "back" in c.last_clock_jump
+
+
+def test_forward_jump_is_stale_not_fresh():
+    c = moving_loop(100.0)
+    assert c.tick(110.0).stop_reason == "image_stale"
+
+
+def test_stop_command_and_lifecycle_inactive():
+    c = moving_loop()
+    c.on_command(False, stop=True)
+    assert c.tick(10.1).stop_reason == "stop_command"
+    c = moving_loop()
+    c.set_active(False)
+    assert c.tick(10.1).stop_reason == "inactive" and c.player.velocities is None
+    c.set_active(True)
+    assert c.tick(10.15).stop_reason == "no_action"
+
+
+def test_forced_stop_tick_resets_the_limiter():
+    c = moving_loop()
+    out = c.tick(10.1, stop="clock_stalled")
+    assert out.stop_reason == "clock_stalled" and not out.twist.any()
+    assert c.stop_counts["clock_stalled"] == 1

@@ -175,11 +175,36 @@ def test_control_moving_and_jitter():
     assert s.values["twist"] == "0.100, 0.000, 0.000"
     assert s.values["end_to_end_p99_ms"] == "25.00"
     assert float(s.values["control_rate_hz"]) == pytest.approx(20.0, abs=0.01)
-    for t in (100.05, 100.11, 100.25):      # on time, 10 ms late, 90 ms late
+    for t in (100.05, 100.11, 100.14):      # on time, 10 ms late, 40 ms early
         stats.jitter.tick(t)
     s = control_status(stats, control=MOVING)
     assert s.level == WARN and "jitter" in s.message
+    stats.jitter.tick(100.25)               # 110 ms gap: a deadline miss
+    s = control_status(stats, control=MOVING)
+    assert s.level == WARN and s.message == "1 deadline misses in the last 5 s"
     assert s.values["deadline_misses"] == "1"
+    assert s.values["deadline_misses_recent"] == "1"
+
+
+def test_recent_misses_and_rate_drops_are_not_averaged_away():
+    stats = live_stats()
+    stats.jitter.tick(100.5)                # one 500 ms gap after 40 good ticks
+    stats.control_rate.add(100.5)
+    s = control_status(stats, control=MOVING, now=100.5)
+    assert s.level == WARN and s.message == "control rate 15.5 Hz < 90 % of 20 Hz"
+    assert s.values["deadline_misses_recent"] == "1"
+    # Five seconds later without a miss: OK again, though the total still counts it.
+    for i in range(1, 101):
+        stats.jitter.tick(100.5 + i * 0.05)
+        stats.control_rate.add(100.5 + i * 0.05)
+    s = control_status(stats, control=MOVING, now=105.5)
+    assert s.level == OK and s.values["deadline_misses"] == "1"
+    # The rate over the last 2 s halves: ERROR at once, whatever the long-run average says.
+    for i in range(1, 17):
+        stats.control_rate.add(105.5 + i * 0.125)
+    s = control_status(stats, control=MOVING, now=107.5)
+    assert float(s.values["control_rate_hz"]) == pytest.approx(8.0)
+    assert s.level == ERROR and "control rate" in s.message
 
 
 def test_only_malformed_frames_report_the_bad_input():

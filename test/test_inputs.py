@@ -78,3 +78,25 @@ def test_enable(rules):
     rules.step_done(result(), now=1.0, meta=ChunkMeta(1.0))
     rules.enable(False)
     assert not rules.control.enabled and rules.control.player.current(1.0) is None
+
+
+def test_stop_phrase_stops_without_inference_and_unchanged_repeats_are_free(rules):
+    assert rules.command("go to the red box") == "accepted"
+    generation = rules.runtime.generation
+    for _ in range(100):
+        assert rules.command("go to the red box") == "unchanged"
+    assert rules.runtime.generation == generation  # history kept, nothing re-tokenized
+    assert rules.command("Stop!") == "stopped"
+    assert rules.runtime.command is None and rules.control.stop_command
+    assert rules.counters["stop_commands"] == 1
+    assert rules.command("Stop!") == "unchanged"
+    assert rules.counters["stop_commands"] == 1
+    assert rules.command("go to the red box") == "accepted"
+    assert not rules.control.stop_command
+
+
+def test_non_instructions_are_rejected_and_counted(rules):
+    for text in ("🚀🚀🚀", "bad\ufffdutf8"):
+        assert rules.command(text) == "rejected"
+    assert rules.counters["rejected_commands"] == 2
+    assert "command rejected" in rules.last_input_error

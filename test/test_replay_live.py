@@ -162,7 +162,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
     rec, rec_loop = tmp_path / "live", tmp_path / "live_loop"
     node_log = open(tmp_path / "node.log", "w")
     node = subprocess.Popen(
-        [sys.executable, "-m", "mobile_vla_node.ros.node", "--ros-args", "-p", "backend:=torch",
+        [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args", "-p", "backend:=torch",
          "-p", "model_preset:=tiny", "-p", "warmup_iters:=1"],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     loop = None

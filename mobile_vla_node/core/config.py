@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
+from .commands import DEFAULT_STOP_PHRASES
+
 BACKENDS = ("torch", "onnx", "tensorrt", "triton", "null")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWIST_AXES = ("linear_x", "linear_y", "angular_z")
@@ -138,9 +140,23 @@ class ControlConfig:
     chunk_blend_steps: int = param(0, "steps over which a new chunk blends into the old", 0, 100)
     start_enabled: bool = param(True, "publish motion at start (false: wait for enable)")
     max_command_chars: int = param(512, "longer commands are rejected", 1, 100000)
+    stop_phrases: list = param(list(DEFAULT_STOP_PHRASES), "an instruction containing one of "
+                               "these stops the robot at once, without inference", live=True)
+    allowed_instructions: list = param([], "if not empty, only these instructions drive "
+                                           "(others are rejected)", live=True)
+    time_jump_threshold_s: float = param(1.0, "ROS time running this much ahead of the steady "
+                                              "clock between ticks is a forward jump (a jump "
+                                              "back is always one): stop until fresh input",
+                                         0.05, 3600.0, live=True)
+    autostart: bool = param(True, "configure and activate the lifecycle node at start-up "
+                                  "(false: wait for a lifecycle manager)")
 
     def __post_init__(self):
         _check_fields(self)
+        for name in ("stop_phrases", "allowed_instructions"):
+            value = getattr(self, name)
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"parameter {name}={value!r} must be a list of strings")
 
 
 @dataclass(frozen=True)

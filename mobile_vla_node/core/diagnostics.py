@@ -10,11 +10,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import DiagnosticsConfig
-from .timing import LatencyWindow, PeriodJitter, RateMeter
+from .timing import LatencyWindow, PeriodJitter, RateMeter, RecentEvents
 
 OK, WARN, ERROR = 0, 1, 2
 # Stops that are the operator's choice or normal start-up, not faults.
-BENIGN_STOPS = ("disabled", "no_command", "no_action")
+BENIGN_STOPS = ("disabled", "no_command", "no_action", "inactive", "stop_command", "unconfigured",
+                "finalized")
+# The control rate as diagnostics judge it: ticks over this many recent seconds.
+RECENT_RATE_S = 2.0
 STAGES = ("transport", "preprocess", "inference", "end_to_end")
 
 
@@ -41,7 +44,7 @@ class NodeStats:
         self.latency = {stage: LatencyWindow(self.window) for stage in STAGES}
         self.image_rate = RateMeter()
         self.inference_rate = RateMeter()
-        self.control_rate = RateMeter()
+        self.control_rate = RecentEvents(RECENT_RATE_S)
         self.jitter = PeriodJitter(self.control_period_s, self.window)
 
 
@@ -119,11 +122,20 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
 def _control_status(name, hw, cfg, stats, control, now):
     jitter = stats.jitter.deviation.summary()
     values = _latency_values(stats, ("end_to_end",))
+    nominal = 1.0 / stats.control_period_s
+    rate = stats.control_rate.rate(now)
+    recent_misses = stats.jitter.recent_misses.count(now)
     values.update({
-        "control_rate_hz": f"{stats.control_rate.rate(now):.2f}",
+        "lifecycle_state": control.get("lifecycle", ""),
+        "control_rate_hz": f"{rate:.2f}",  # over the last RECENT_RATE_S seconds
+        "control_rate_setting_hz": f"{nominal:g}",
         "jitter_p99_ms": f"{jitter['p99']:.3f}" if jitter else "n/a",
         "jitter_max_ms": f"{jitter['max']:.3f}" if jitter else "n/a",
         "deadline_misses": str(stats.jitter.misses),
+        "deadline_misses_recent": str(recent_misses),  # over the last recent_misses.span
+        "max_tick_gap_ms": f"{stats.jitter.max_gap_s * 1e3:.1f}",
+        "clock_jumps": str(control.get("clock_jumps", 0)),
+        "last_clock_jump": control.get("last_clock_jump", ""),
         "safety_state": "stopped" if control.get("stop_reason") else "moving",
         "stop_reason": control.get("stop_reason") or "",
         "last_stop_reason": control.get("last_stop_reason") or "",
@@ -133,10 +145,18 @@ def _control_status(name, hw, cfg, stats, control, now):
         "twist": control.get("twist", ""),
     })
     reason = control.get("stop_reason")
+    running_s = now - stats.control_rate.first if stats.control_rate.first is not None else 0.0
     if control.get("ticks", 0) == 0:
         level, msg = ERROR, "no data yet"
+    elif running_s >= RECENT_RATE_S and rate < 0.5 * nominal:
+        level, msg = ERROR, f"control rate {rate:.1f} Hz < half of {nominal:g} Hz"
     elif reason and reason not in BENIGN_STOPS:
         level, msg = ERROR, f"stopped: {reason}"
+    elif running_s >= RECENT_RATE_S and rate < 0.9 * nominal:
+        level, msg = WARN, f"control rate {rate:.1f} Hz < 90 % of {nominal:g} Hz"
+    elif recent_misses:
+        level, msg = WARN, (f"{recent_misses} deadline misses in the last "
+                            f"{stats.jitter.recent_misses.span:g} s")
     elif reason:
         level, msg = WARN, f"stopped: {reason}"
     elif jitter and jitter["p99"] > cfg.jitter_warn_ms:

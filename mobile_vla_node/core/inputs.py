@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from ..model.tokenizer import CommandError
+from .commands import CommandFilter
 from .control import ChunkMeta, ControlLoop
 from .preprocess import ImageError, validate_message
 from .runtime import PolicyRuntime, StepResult
@@ -21,22 +22,40 @@ class InputRules:
     """Applies inputs to a `PolicyRuntime` and a `ControlLoop`; counts into ``counters``."""
 
     def __init__(self, runtime: PolicyRuntime, control: ControlLoop,
-                 counters: Counter | None = None):
+                 counters: Counter | None = None, command_filter: CommandFilter | None = None):
         self.runtime = runtime
         self.control = control
         self.counters = counters if counters is not None else Counter()
+        self.command_filter = command_filter or CommandFilter()
+        self._last_text: str | None = None
+        self._last_outcome = ""
         self.last_input_error = ""
         self.last_error = ""
 
     def command(self, text: str) -> str:
-        """Apply an instruction: "unchanged" (same text: history kept), "accepted" or "rejected".
+        """Apply an instruction: "unchanged", "accepted", "stopped" or "rejected".
 
-        A rejected command clears the current one, so the robot stops ("no_command") until a
-        good command arrives; it does not touch an unrelated image or inference fault.
+        The same text as the previous message costs one string comparison ("unchanged": history
+        kept, nothing counted twice), so a command republished at 100 Hz is cheap. A stop phrase
+        stops the robot at once without inference ("stopped"). A rejected command clears the
+        current one, so the robot stops ("no_command") until a good command arrives; it does not
+        touch an unrelated image or inference fault.
         """
-        if text.strip() == (self.runtime.command or ""):
+        if text == self._last_text:
+            return "unchanged"
+        self._last_text = text
+        verdict = self.command_filter.check(text)
+        if verdict.action == "stop":
+            self.runtime.clear_command()
+            self.control.on_command(False, stop=True)
+            self.counters["stop_commands"] += 1
+            self.last_input_error = f"stop command: {verdict.reason}"
+            return "stopped"
+        if verdict.action == "drive" and text.strip() == (self.runtime.command or ""):
             return "unchanged"
         try:
+            if verdict.action == "reject":
+                raise CommandError(verdict.reason)
             self.runtime.set_command(text)
         except CommandError as exc:
             self.runtime.clear_command()

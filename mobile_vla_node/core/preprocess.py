@@ -20,6 +20,9 @@ RAW_ENCODINGS = {
 }
 
 
+YUV422_ENCODINGS = ("yuv422_yuy2", "yuyv", "uyvy", "yuv422")
+
+
 class ImageError(ValueError):
     """A frame that cannot be decoded (bad size, step, encoding or data)."""
 
@@ -32,6 +35,8 @@ def check_raw(encoding: str, height: int, width: int, step: int, nbytes: int) ->
     if height <= 0 or width <= 0 or height * width > MAX_PIXELS:
         raise ImageError(f"bad image size {width}x{height}")
     bpp = RAW_ENCODINGS[enc]
+    if enc in YUV422_ENCODINGS and width % 2:
+        raise ImageError(f"{encoding} needs an even width (2 pixels share chroma), got {width}")
     if step < width * bpp:
         raise ImageError(f"step {step} < width {width} x {bpp} bytes for {encoding}")
     if nbytes != step * height:
@@ -108,11 +113,22 @@ def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb",
 
 
 def decode_message(msg) -> np.ndarray:
-    """Decode an Image or CompressedImage message object (rclpy or rosbags) to RGB."""
-    if hasattr(msg, "format"):
-        return decode_compressed(msg.format, msg.data)
-    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                      bool(msg.is_bigendian))
+    """Decode an Image or CompressedImage message object (rclpy or rosbags) to RGB.
+
+    Any failure of the decoder on the message's bytes is an ImageError (malformed input), never
+    an inference error.
+    """
+    import cv2
+
+    try:
+        if hasattr(msg, "format"):
+            return decode_compressed(msg.format, msg.data)
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                          bool(msg.is_bigendian))
+    except (cv2.error, ValueError, TypeError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
 def validate_message(msg) -> None:

@@ -1,10 +1,11 @@
 """The safety chain applied on every control tick.
 
-Gates, in priority order, each a small unit returning a stop reason or None: enable (e-stop) ->
-input/inference fault -> command present -> image fresh -> action present and fresh -> action
-finite. Any stop publishes an immediate zero and resets the acceleration limiter, so motion
-resumes from zero under the limit. Otherwise the action is clamped per axis, then
-acceleration-limited per axis (linear.y included: this is an omni base).
+Gates, in priority order, each a small unit returning a stop reason or None: lifecycle active ->
+enable (e-stop) -> clock jump -> input/inference fault -> command present (and not a stop
+phrase) -> image fresh -> action present and fresh -> action finite. A time stamp from the future
+(the clock ran backwards) is never fresh. Any stop publishes an immediate zero and resets the
+acceleration limiter, so motion resumes from zero under the limit. Otherwise the action is
+clamped per axis, then acceleration-limited per axis (linear.y included: this is an omni base).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import numpy as np
 from .config import SafetyConfig
 
 ZERO = np.zeros(3)
+# Times are read under the caller's lock, so on a monotonic clock an input is never newer than the
+# tick; anything newer than this means the clock jumped back.
+FUTURE_TOLERANCE_S = 1e-3
 
 
 @dataclass
@@ -26,6 +30,9 @@ class SafetyContext:
     enabled: bool = True
     fault: str | None = None
     has_command: bool = False
+    active: bool = True
+    stop_command: bool = False
+    clock_fault: str | None = None
     image_time: float | None = None
     action: np.ndarray | None = None
     action_time: float | None = None
@@ -44,6 +51,16 @@ class SafetyOutput:
         return "stopped" if self.stop_reason else "moving"
 
 
+def lifecycle_gate(ctx: SafetyContext) -> str | None:
+    """Stop unless the (lifecycle) node is active."""
+    return None if ctx.active else "inactive"
+
+
+def clock_gate(ctx: SafetyContext) -> str | None:
+    """Stop after a clock jump until fresh input arrives on the new time line."""
+    return ctx.clock_fault
+
+
 def enable_gate(ctx: SafetyContext) -> str | None:
     """Stop while disabled (e-stop topic or service)."""
     return None if ctx.enabled else "disabled"
@@ -55,8 +72,17 @@ def fault_gate(ctx: SafetyContext) -> str | None:
 
 
 def command_gate(ctx: SafetyContext) -> str | None:
-    """Stop without an instruction."""
+    """Stop without an instruction, or on a stop phrase ("stop", "halt", ...)."""
+    if ctx.stop_command:
+        return "stop_command"
     return None if ctx.has_command else "no_command"
+
+
+def age_reason(age: float, timeout: float, what: str) -> str | None:
+    """"<what>_stale" when older than ``timeout``, "<what>_from_future" when newer than now."""
+    if age < -FUTURE_TOLERANCE_S:
+        return f"{what}_from_future"
+    return f"{what}_stale" if age > timeout else None
 
 
 class ImageFreshnessGate:
@@ -69,7 +95,7 @@ class ImageFreshnessGate:
         """Reason or None."""
         if ctx.image_time is None:
             return "no_image"
-        return "image_stale" if ctx.now - ctx.image_time > self.timeout else None
+        return age_reason(ctx.now - ctx.image_time, self.timeout, "image")
 
 
 class ActionFreshnessGate:
@@ -82,7 +108,7 @@ class ActionFreshnessGate:
         """Reason or None."""
         if ctx.action is None or ctx.action_time is None:
             return "no_action"
-        return "action_stale" if ctx.now - ctx.action_time > self.timeout else None
+        return age_reason(ctx.now - ctx.action_time, self.timeout, "action")
 
 
 def finite_gate(ctx: SafetyContext) -> str | None:
@@ -126,8 +152,8 @@ class SafetyChain:
         self.image_gate = ImageFreshnessGate(image_timeout_s)
         self.action_gate = ActionFreshnessGate(action_timeout_s)
         self.limiter = AccelLimiter(np.zeros(3))
-        self.gates = (enable_gate, fault_gate, command_gate, self.image_gate, self.action_gate,
-                      finite_gate)
+        self.gates = (lifecycle_gate, enable_gate, clock_gate, fault_gate, command_gate,
+                      self.image_gate, self.action_gate, finite_gate)
         self.configure(safety, image_timeout_s, action_timeout_s)
 
     def configure(self, safety: SafetyConfig, image_timeout_s: float,

@@ -73,10 +73,12 @@ class RateMeter:
 class PeriodJitter:
     """Deviation of tick intervals from the nominal period, and deadline misses (> 1.5 periods)."""
 
-    def __init__(self, period_s: float, size: int = 200):
+    def __init__(self, period_s: float, size: int = 200, recent_s: float = 5.0):
         self.period = period_s
         self.deviation = LatencyWindow(size)
         self.misses = 0
+        self.recent_misses = RecentEvents(recent_s)
+        self.max_gap_s = 0.0
         self.last: float | None = None
 
     def tick(self, t: float) -> None:
@@ -84,6 +86,43 @@ class PeriodJitter:
         if self.last is not None:
             dt = t - self.last
             self.deviation.add(abs(dt - self.period) * 1e3)
+            self.max_gap_s = max(self.max_gap_s, dt)
             if dt > 1.5 * self.period:
                 self.misses += 1
+                self.recent_misses.add(t)
         self.last = t
+
+
+class RecentEvents:
+    """Events in the last ``span_s`` seconds: a rate and a count that a long window cannot hide."""
+
+    def __init__(self, span_s: float = 2.0):
+        self.span = span_s
+        self.times: deque[float] = deque()
+        self.first: float | None = None
+
+    def add(self, t: float) -> None:
+        """Record an event at ``t`` (seconds, monotonic)."""
+        if self.first is None:
+            self.first = t
+        self.times.append(t)
+        self._trim(t)
+
+    def _trim(self, now: float) -> None:
+        while self.times and self.times[0] <= now - self.span:  # window (now - span, now]
+            self.times.popleft()
+
+    def count(self, now: float) -> int:
+        """Events within the last span."""
+        self._trim(now)
+        return len(self.times)
+
+    def rate(self, now: float) -> float:
+        """Events per second over the last span (or since the first event, if that is shorter)."""
+        if self.first is None:
+            return 0.0
+        n = self.count(now)
+        if now - self.first >= self.span:
+            return n / self.span
+        # Fewer than span seconds since the first event: n events bound n - 1 intervals.
+        return (n - 1) / (now - self.first) if now > self.first else 0.0

@@ -1,19 +1,27 @@
-"""The rclpy shell: parameters, QoS, subscriptions, timers and publishers around the ROS-free core.
+"""The rclpy shell: a managed (lifecycle) node around the ROS-free core.
 
-Threads: subscriptions only store the newest frame and wake the inference worker (a plain thread,
-off the executor); the control timer and the diagnostics timer have their own callback groups on a
-MultiThreadedExecutor; shared state is guarded by one lock. Every exit path publishes a zero Twist.
+Lifecycle (as nav2 nodes): ``configure`` loads and warms the backend (the slow part) and starts the
+inference worker; ``activate`` lets policy Twists out; ``deactivate`` stops them (zeros keep
+going out); ``cleanup``/``shutdown`` release the model. With ``autostart`` (default) the node
+configures and activates itself.
+
+Threads, and why (issue #10 measured what an executor-driven timer suffers on 2 shared cores):
+
+* **control** (`ControlThread`): its own deadlines, the only publisher of ``/cmd_vel``; zeros in
+  every state but active, and from construction to the last shutdown zero.
+* **executor** (main thread, single-threaded): subscriptions that only validate and store the
+  newest input, services, parameters, the diagnostics timer, lifecycle services, ``/clock``.
+* **inference worker** (plain thread): decode -> step -> chunk, newest frame only.
+
+Shared state is guarded by one small lock; no callback ever holds it across inference.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import threading
 import time
 
-import rclpy
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import (
@@ -22,32 +30,29 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.clock import Clock, ClockType
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
 from ..backends import BackendError, create_backend
+from ..core.commands import CommandFilter
 from ..core.config import PARAMETERS, ConfigError, NodeConfig
 from ..core.control import ChunkMeta, ControlLoop
 from ..core.diagnostics import NodeStats, build_statuses
 from ..core.inputs import InputRules
 from ..core.preprocess import ImageError, decode_message
 from ..core.runtime import PolicyRuntime
-from ..model.checkpoint import CheckpointError
+from ..core.ticks import ClockGuard
+from ..model.errors import CheckpointError
+from .control_thread import ControlThread
+from .qos import profile
 
 LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
-CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TIMING_LABELS = ("transport_ms", "preprocess_ms", "inference_ms", "end_to_end_ms")
 STARTUP_ERRORS = (ConfigError, BackendError, CheckpointError, FileNotFoundError, ValueError)
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
@@ -63,7 +68,8 @@ def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
                                                             to_value=float(spec["hi"]))]
     elif isinstance(default, int) and not isinstance(default, bool) and spec["lo"] is not None:
         desc.integer_range = [IntegerRange(from_value=int(spec["lo"]), to_value=int(spec["hi"]))]
-    elif isinstance(default, list) and default and isinstance(default[0], float):
+    elif isinstance(default, list) and (not default or isinstance(default[0], float)):
+        # An empty list has no ROS type of its own; the config dataclass checks the elements.
         desc.dynamic_typing = True
     return desc
 
@@ -72,84 +78,209 @@ def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-class VlaNode(Node):
+def _twist(v) -> Twist:
+    msg = Twist()
+    msg.linear.x, msg.linear.y, msg.angular.z = (float(x) for x in v)
+    return msg
+
+
+class VlaNode(LifecycleNode):
     """Camera + command in, Twist out at a fixed rate, diagnostics on /diagnostics."""
 
     def __init__(self, **kwargs):
         super().__init__("vla_node", **kwargs)
         for name, spec in PARAMETERS.items():
             self.declare_parameter(name, spec["default"], _descriptor(name, spec))
+        # Validated now: a bad value is fatal before anything is loaded.
         self.config = NodeConfig.from_params(
             {name: self.get_parameter(name).value for name in PARAMETERS})
         cfg = self.config
-        self.get_logger().info(f"loading backend {cfg.backend.backend!r} "
-                               f"(preset {cfg.backend.model_preset!r}, device "
-                               f"{cfg.backend.device!r})")
-        self.backend = create_backend(cfg.backend)
-        self.backend.load()
-        t0 = time.perf_counter()
-        self.backend.warmup(cfg.backend.warmup_iters)
-        info = self.backend.describe()
-        self.get_logger().info(
-            f"backend ready: {info.name} on {info.device}, {info.precision}, provider "
-            f"{info.provider}; weights: {info.model}; warm-up {time.perf_counter() - t0:.2f} s")
-        for warning in info.warnings:
-            self.get_logger().warning(warning)
-
+        self.lifecycle = "unconfigured"
+        self.startup_error: str | None = None
         self._lock = threading.Lock()
-        self.runtime = PolicyRuntime(self.backend, cfg.action, cfg.control.max_command_chars)
-        self.control = ControlLoop(cfg.control, cfg.safety, self.backend.spec.chunk_step_period_s)
-        period = 1.0 / cfg.control.control_rate_hz
-        self.stats = NodeStats(cfg.diagnostics.latency_window, period)
-        self.inputs = InputRules(self.runtime, self.control, self.stats.counters)
+        self.backend = self.runtime = self.control = self.inputs = None
+        self._worker: threading.Thread | None = None
+        self._worker_stop = threading.Event()
+        self._wake = threading.Event()
         self._pending = None
         self._ticks = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._last_result = None
+        self._held_command: str | None = None  # latched inputs received before configure
+        self._held_enable: bool | None = None
+        period = 1.0 / cfg.control.control_rate_hz
+        self.stats = NodeStats(cfg.diagnostics.latency_window, period)
+        self.guard = ClockGuard(cfg.control.time_jump_threshold_s, cfg.control.image_timeout_s)
+        self.command_filter = CommandFilter(cfg.control.stop_phrases,
+                                            cfg.control.allowed_instructions)
 
         topics = cfg.topics
-        self.cmd_pub = self.create_publisher(Twist, topics.cmd_vel_topic, 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.timing_pub = self.create_publisher(Float64MultiArray, topics.timing_topic, 10)
-        input_group = MutuallyExclusiveCallbackGroup()
+        self.cmd_pub = self.create_publisher(Twist, topics.cmd_vel_topic, profile("cmd_vel"))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics",
+                                              profile("diagnostics"))
+        self.timing_pub = self.create_publisher(Float64MultiArray, topics.timing_topic,
+                                                profile("timing"))
         if topics.image_transport == "compressed":
             self.create_subscription(CompressedImage, topics.compressed_image_topic,
-                                     self._on_image, CAMERA_QOS, callback_group=input_group)
+                                     self._on_image, profile("camera"))
         else:
-            self.create_subscription(Image, topics.image_topic, self._on_image, CAMERA_QOS,
-                                     callback_group=input_group)
-        self.create_subscription(String, topics.command_topic, self._on_command, LATCHED_QOS,
-                                 callback_group=input_group)
-        self.create_subscription(Bool, topics.enable_topic, self._on_enable_msg, LATCHED_QOS,
-                                 callback_group=input_group)
-        self.create_service(SetBool, "~/enable", self._on_enable_srv,
-                            callback_group=input_group)
-        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=input_group)
-        self.create_timer(period, self._on_tick, callback_group=MutuallyExclusiveCallbackGroup())
+            self.create_subscription(Image, topics.image_topic, self._on_image,
+                                     profile("camera"))
+        self.create_subscription(String, topics.command_topic, self._on_command,
+                                 profile("command"))
+        self.create_subscription(Bool, topics.enable_topic, self._on_enable_msg,
+                                 profile("enable"))
+        self.create_service(SetBool, "~/enable", self._on_enable_srv)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        # Steady clock: diagnostics keep coming when /clock is paused (use_sim_time).
         self.create_timer(cfg.diagnostics.diagnostics_period_s, self._on_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._worker = threading.Thread(target=self._worker_loop, name="vla_inference",
-                                        daemon=True)
-        self._worker.start()
+
+        use_ros_time = bool(self.get_parameter("use_sim_time").value)
+        self.control_thread = ControlThread(
+            period, self._now, self._tick, self._publish_twist, use_ros_time,
+            lambda: self.config.control.image_timeout_s, self._on_tick_error)
+        if use_ros_time:
+            from rclpy.clock import JumpThreshold
+            from rclpy.duration import Duration
+
+            # Every /clock update wakes the control loop (the handle must stay referenced).
+            self._jump_handle = self.get_clock().create_jump_callback(
+                JumpThreshold(min_forward=Duration(nanoseconds=1),
+                              min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+                post_callback=self.control_thread.notify_clock)
+        self.control_thread.start()
         self.get_logger().info(f"publishing {topics.cmd_vel_topic} at "
-                               f"{cfg.control.control_rate_hz:g} Hz")
+                               f"{cfg.control.control_rate_hz:g} Hz "
+                               f"({'ROS' if use_ros_time else 'steady'} clock); zeros until "
+                               "active")
 
     # -- clock -------------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    # -- inputs ------------------------------------------------------------------------------
-    def _on_image(self, msg) -> None:
-        now = self._now()
-        stamp = _stamp_s(msg.header.stamp)
-        transport_ms = (now - stamp) * 1e3 if stamp > 0 else float("nan")
+    # -- lifecycle ---------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Load and warm the backend, start the inference worker."""
+        cfg = self.config
+        self.get_logger().info(f"loading backend {cfg.backend.backend!r} "
+                               f"(preset {cfg.backend.model_preset!r}, device "
+                               f"{cfg.backend.device!r})")
+        try:
+            backend = create_backend(cfg.backend)
+            backend.load()
+            t0 = time.perf_counter()
+            backend.warmup(cfg.backend.warmup_iters)
+        except Exception as exc:  # reported as one line; the node stays unconfigured (zeros)
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, STARTUP_ERRORS):
+                import traceback
+
+                traceback.print_exc()
+            self.get_logger().error(f"configure failed: {self.startup_error}")
+            return FAILURE
+        info = backend.describe()
+        self.get_logger().info(
+            f"backend ready: {info.name} on {info.device}, {info.precision}, provider "
+            f"{info.provider}; weights: {info.model}; warm-up {time.perf_counter() - t0:.2f} s")
+        for warning in info.warnings:
+            self.get_logger().warning(warning)
+        runtime = PolicyRuntime(backend, cfg.action, cfg.control.max_command_chars)
+        control = ControlLoop(cfg.control, cfg.safety, backend.spec.chunk_step_period_s)
+        control.set_active(False)
         with self._lock:
+            self.backend, self.runtime, self.control = backend, runtime, control
+            self.inputs = InputRules(runtime, control, self.stats.counters, self.command_filter)
+            held_command, held_enable = self._held_command, self._held_enable
+        if held_enable is not None:
+            self._set_enabled(held_enable, "topic (before configure)")
+        if held_command is not None:
+            self._apply_command(held_command)
+        self._worker_stop.clear()
+        self._worker = threading.Thread(target=self._worker_loop, name="vla_inference",
+                                        daemon=True)
+        self._worker.start()
+        self.lifecycle = "inactive"
+        return SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Let policy Twists out (the safety chain still decides every tick)."""
+        with self._lock:
+            self.control.set_active(True)
+            self.lifecycle = "active"
+        self.get_logger().info(f"active: policy Twists on {self.config.topics.cmd_vel_topic}")
+        return SUCCESS
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Zeros from the next tick on, and they keep going out."""
+        with self._lock:
+            self.control.set_active(False)
+            self.lifecycle = "inactive"
+        self._publish_twist(np.zeros(3))
+        self.get_logger().info("inactive: publishing zeros")
+        return SUCCESS
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Release the model (back to unconfigured; zeros keep going out)."""
+        self.release()
+        return SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Release the model; the process then exits (see `main`)."""
+        self.release()
+        self.lifecycle = "finalized"
+        if self.shutdown_request is not None:
+            self.shutdown_request.request()
+        return SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        """A transition raised: release what was loaded, stay stopped."""
+        self.release()
+        return SUCCESS
+
+    shutdown_request = None  # set by main(): the process-wide ShutdownRequest
+
+    def release(self, join_timeout_s: float | None = None) -> bool:
+        """Stop the worker (bounded by the measured inference p99) and close the backend.
+
+        Returns False if the worker is still inside an inference step: the backend is then left
+        open, because closing it under a native call can abort the process.
+        """
+        with self._lock:
+            if self.control is not None:
+                self.control.set_active(False)
+            self.lifecycle = "unconfigured"
+        self._worker_stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            if join_timeout_s is None:
+                p99_ms = self.stats.latency["inference"].summary().get("p99", 0.0)
+                join_timeout_s = min(2.0 + 2e-3 * p99_ms, 30.0)
+            self._worker.join(timeout=join_timeout_s)
+            if self._worker.is_alive():
+                self.get_logger().warning("inference step still running at shutdown")
+                return False
+        with self._lock:
+            backend = self.backend
+            self.backend = self.runtime = self.control = self.inputs = None
+            self._worker = None
+        if backend is not None:
+            backend.close()
+        return True
+
+    # -- inputs (executor thread: validate, store, return) -----------------------------------
+    def _on_image(self, msg) -> None:
+        stamp = _stamp_s(msg.header.stamp)
+        with self._lock:
+            if self.inputs is None:
+                return
+            now = self._now()
             if not self.inputs.receive_image(msg, now):
                 error = self.inputs.last_input_error
             else:
                 error = None
                 self.stats.image_rate.add(time.monotonic())
+                transport_ms = (now - stamp) * 1e3 if stamp > 0 else float("nan")
                 if stamp > 0:
                     self.stats.latency["transport"].add(transport_ms)
                 if self._pending is not None:
@@ -161,17 +292,30 @@ class VlaNode(Node):
         self._wake.set()
 
     def _on_command(self, msg: String) -> None:
+        self._apply_command(msg.data)
+
+    def _apply_command(self, text: str) -> None:
         with self._lock:
-            outcome = self.inputs.command(msg.data)
+            if self.inputs is None:
+                self._held_command = text
+                return
+            outcome = self.inputs.command(text)
             error = self.inputs.last_input_error
+            command = self.runtime.command
         if outcome == "accepted":
-            self.get_logger().info(f"command: {self.runtime.command!r}")
+            self.get_logger().info(f"command: {command!r}")
+        elif outcome == "stopped":
+            self.get_logger().info(f"{error}: stopped without inference")
         elif outcome == "rejected":
-            self.get_logger().warning(f"{error}; stopped until a valid command arrives")
+            self.get_logger().warning(f"{error}; stopped until a valid command arrives",
+                                      throttle_duration_sec=1.0)
 
     def _set_enabled(self, enabled: bool, source: str) -> None:
         with self._lock:
-            self.inputs.enable(enabled)
+            if self.inputs is None:
+                self._held_enable = enabled
+            else:
+                self.inputs.enable(enabled)
         self.get_logger().info(f"{'enabled' if enabled else 'DISABLED (e-stop)'} by {source}")
 
     def _on_enable_msg(self, msg: Bool) -> None:
@@ -183,64 +327,77 @@ class VlaNode(Node):
         return response
 
     def _on_reset(self, request, response):
-        self.runtime.reset()
         with self._lock:
-            self.control.player.clear()
+            if self.runtime is None:
+                response.success, response.message = False, "not configured"
+                return response
+            runtime, control = self.runtime, self.control
+            control.player.clear()
+        runtime.reset()
         response.success, response.message = True, "history cleared"
         return response
 
     # -- inference worker (off the executor) -------------------------------------------------
     def _worker_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._worker_stop.is_set():
             if not self._wake.wait(timeout=0.1):
                 continue
             self._wake.clear()
             with self._lock:
                 item, self._pending = self._pending, None
-            if item is not None:
-                self._process(*item)
+                runtime, inputs = self.runtime, self.inputs
+            if item is not None and runtime is not None and not self._worker_stop.is_set():
+                self._process(runtime, inputs, *item)
 
-    def _process(self, msg, stamp: float, transport_ms: float) -> None:
+    def _process(self, runtime, inputs, msg, stamp: float, transport_ms: float) -> None:
         t0 = time.perf_counter()
         try:
             rgb = decode_message(msg)
             decode_ms = (time.perf_counter() - t0) * 1e3
-            result = self.runtime.step(rgb)
+            result = runtime.step(rgb)
         except ImageError as exc:
             with self._lock:
-                self.inputs.bad_image(exc)
+                inputs.bad_image(exc)
             self.get_logger().warning(f"malformed image: {exc}", throttle_duration_sec=2.0)
             return
         except Exception as exc:  # a backend failure must stop the robot, not the node
             with self._lock:
-                self.inputs.inference_failed(exc)
-            self.get_logger().error(f"inference failed: {self.inputs.last_error}",
+                inputs.inference_failed(exc)
+            self.get_logger().error(f"inference failed: {inputs.last_error}",
                                     throttle_duration_sec=2.0)
             return
-        now = self._now()
         with self._lock:
             meta = None
             if result is not None:
                 meta = ChunkMeta(stamp, transport_ms, decode_ms + result.preprocess_ms,
                                  result.inference_ms)
-            if self.inputs.step_done(result, now, meta):
+            if inputs.step_done(result, self._now(), meta):
                 self.stats.inference_rate.add(time.monotonic())
                 self.stats.latency["preprocess"].add(meta.preprocess_ms)
                 self.stats.latency["inference"].add(meta.inference_ms)
 
-    # -- control -----------------------------------------------------------------------------
-    def _on_tick(self) -> None:
-        now, mono = self._now(), time.monotonic()
+    # -- control (control thread) ------------------------------------------------------------
+    def _tick(self, stalled: bool) -> np.ndarray:
         with self._lock:
-            result = self.control.tick(now)
+            now, mono = self._now(), time.monotonic()
+            jump = self.guard.check(now, mono) if not stalled else None
             self._ticks += 1
             self.stats.jitter.tick(mono)
             self.stats.control_rate.add(mono)
+            control = self.control
+            if control is None:
+                self._last_result = None
+                return np.zeros(3)
+            if jump:
+                control.on_clock_jump(jump)
+            result = control.tick(now, "clock_stalled" if stalled else None)
+            self._last_result = result
             meta = result.first_use
             e2e_ms = (now - meta.image_stamp) * 1e3 if meta and meta.image_stamp > 0 else None
             if e2e_ms is not None:
                 self.stats.latency["end_to_end"].add(e2e_ms)
-        self.cmd_pub.publish(self._twist(result.twist))
+        if jump:
+            self.get_logger().warning(f"{jump}: stopped until fresh input")
         if meta is not None:
             timing = Float64MultiArray()
             timing.layout.dim = [MultiArrayDimension(label=",".join(TIMING_LABELS),
@@ -248,35 +405,51 @@ class VlaNode(Node):
             timing.data = [meta.transport_ms, meta.preprocess_ms, meta.inference_ms,
                            e2e_ms if e2e_ms is not None else float("nan")]
             self.timing_pub.publish(timing)
+        return result.twist
 
-    @staticmethod
-    def _twist(v) -> Twist:
-        msg = Twist()
-        msg.linear.x, msg.linear.y, msg.angular.z = (float(x) for x in v)
-        return msg
+    def _publish_twist(self, v) -> None:
+        self.cmd_pub.publish(_twist(v))
 
-    def publish_zero(self) -> None:
-        """Publish a zero Twist (shutdown, fatal errors)."""
-        self.cmd_pub.publish(Twist())
+    def _on_tick_error(self, exc: Exception) -> None:
+        self.get_logger().error(f"control tick failed ({type(exc).__name__}: {exc}); "
+                                "published zero", throttle_duration_sec=2.0)
+
+    def publish_zeros(self) -> bool:
+        """Final zeros: the control thread publishes nothing after them (see ControlThread)."""
+        return self.control_thread.finish()
 
     # -- diagnostics -------------------------------------------------------------------------
     def _on_diagnostics(self) -> None:
         cfg = self.config
-        info = self.backend.describe()
         with self._lock:
-            last = self.control.last
-            control = {
-                "fault": self.control.fault, "command": self.runtime.command,
-                "stop_reason": last.stop_reason if last else None,
-                "last_stop_reason": self.control.last_stop_reason,
-                "stop_counts": dict(self.control.stop_counts), "enabled": self.control.enabled,
-                "ticks": self._ticks, "last_error": self.inputs.last_error,
-                "last_input_error": self.inputs.last_input_error,
+            backend, control, last = self.backend, self.control, self._last_result
+            info = backend.describe() if backend is not None else None
+            if control is None:
+                reason = "unconfigured" if self.lifecycle != "finalized" else "finalized"
+                if self.startup_error:
+                    reason = f"configure failed: {self.startup_error}"
+            else:
+                reason = last.stop_reason if last else None
+            control_values = {
+                "lifecycle": self.lifecycle, "stop_reason": reason, "ticks": self._ticks,
+                "clock_jumps": self.guard.jumps,
+                "command": self.runtime.command if self.runtime else None,
+                "enabled": control.enabled if control else None,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
             }
-            statuses = build_statuses(self.get_name(), cfg.diagnostics.hardware_id or info.device,
-                                      cfg.diagnostics, self.stats, info.as_values(),
-                                      info.warnings, control, time.monotonic())
+            if control is not None:
+                control_values.update(
+                    fault=control.fault, last_stop_reason=control.last_stop_reason,
+                    stop_counts=dict(control.stop_counts), last_clock_jump=control.last_clock_jump,
+                    last_error=self.inputs.last_error,
+                    last_input_error=self.inputs.last_input_error)
+            values = info.as_values() if info else {"backend": cfg.backend.backend,
+                                                    "state": self.lifecycle}
+            statuses = build_statuses(self.get_name(), cfg.diagnostics.hardware_id or
+                                      (info.device if info else cfg.backend.device),
+                                      cfg.diagnostics, self.stats, values,
+                                      info.warnings if info else [], control_values,
+                                      time.monotonic())
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         for s in statuses:
@@ -296,76 +469,12 @@ class VlaNode(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         self.config = new
         with self._lock:
-            self.control.configure(new.control, new.safety)
-            self.runtime.post.update(new.action)
+            self.command_filter.configure(new.control.stop_phrases,
+                                          new.control.allowed_instructions)
+            self.guard.jump_threshold_s = new.control.time_jump_threshold_s
+            self.guard.stall_timeout_s = new.control.image_timeout_s
+            if self.control is not None:
+                self.control.configure(new.control, new.safety)
+                self.runtime.post.update(new.action)
         self.get_logger().info(f"parameters updated: {changes}")
         return SetParametersResult(successful=True)
-
-    # -- shutdown ----------------------------------------------------------------------------
-    def stop(self) -> bool:
-        """Publish zeros, then stop the worker; False if it is still inside an inference step.
-
-        The zeros go out first: a slow step (seconds for the full-size model on a CPU) must not
-        delay them. The wait is bounded by the measured inference p99 (at most 30 s).
-        """
-        self._stop.set()
-        self._wake.set()
-        for _ in range(3):
-            self.publish_zero()
-            time.sleep(0.02)
-        p99_ms = self.stats.latency["inference"].summary().get("p99", 0.0)
-        self._worker.join(timeout=min(2.0 + 2e-3 * p99_ms, 30.0))
-        if self._worker.is_alive():
-            self.get_logger().warning("inference step still running at shutdown")
-            return False
-        self.backend.close()
-        return True
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def main(args=None) -> int:
-    """Entry point of ``vla_node``: init, spin, publish zeros, destroy, shutdown."""
-    from rclpy.signals import SignalHandlerOptions
-
-    # Our own signal handling: rclpy's would shut the context down before the final zero Twist.
-    # SIGINT is restored explicitly: a background job of a non-interactive shell inherits it
-    # as ignored.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    node = None
-    code = 0
-    clean = True
-    try:
-        node = VlaNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        # Short slices, so a signal is handled even when no callback is due (e.g. use_sim_time
-        # with /clock paused: timers never wake the executor).
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except STARTUP_ERRORS as exc:
-        # One clear line instead of a traceback; nothing has moved the robot yet.
-        print(f"[vla_node] FATAL: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 2
-    finally:
-        if node is not None:
-            clean = node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if not clean:
-        # The worker is inside a native inference call; tearing the interpreter down under it
-        # aborts in C++. The zero Twist is already out, so leave at once.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

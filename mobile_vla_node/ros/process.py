@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 PROFILE_NAME = "fastdds_large_images.xml"
-NODE_MODULE = "mobile_vla_node.ros.node"
+NODE_MODULE = "mobile_vla_node.ros.main"
 
 
 def node_argv(params: dict | None = None, extra_args=()) -> list:

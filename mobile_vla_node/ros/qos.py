@@ -1,5 +1,7 @@
-"""The one QoS table: every publisher and subscriber of the package (node, replay, demo, bench,
-stress, tests) takes its profile from here, so two ends can never disagree.
+"""The one QoS table of the package.
+
+Every publisher and subscriber (node, replay, demo, bench, stress, tests) takes its profile from
+here, so two ends can never disagree.
 
 The table is plain data (no rclpy import), so rosbag writers can offer the same profiles.
 """

@@ -1,0 +1,137 @@
+"""The control loop's own thread: the one place that publishes ``/cmd_vel``.
+
+Why a thread and not an rclpy timer: an rclpy timer runs only when the executor gets to it, and
+on a loaded 2-core machine a flood of input callbacks (an unchanged command at 100 Hz, 1080p
+frames, ``/clock`` at 100 Hz, malformed messages) kept the executor busy for up to 1.4 s
+(measured, issue #10). This thread sleeps on its own deadlines and needs nothing from the executor
+except, under ``use_sim_time``, the ``/clock`` updates that define time itself.
+
+* Steady mode (``use_sim_time`` false): a tick every period on the monotonic clock.
+* ROS-time mode (``use_sim_time`` true): a tick every period of ROS time, woken by the clock's jump
+  callback on each ``/clock`` update. If ROS time does not move for longer than the stall timeout
+  (``/clock`` paused or never started), zeros go out every steady period instead: zeros never go
+  silent.
+
+Every tick, ROS time is checked against the steady clock (`core.ticks.ClockGuard`); a jump is
+handed to the tick function, which stops the robot until fresh input arrives.
+
+Publishing happens under one lock with an "allowed" flag: `finish` takes the lock, clears the flag
+and sends the final zeros, so no policy Twist can follow them whatever thread state the tick is in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..core.ticks import TickSchedule
+
+ZERO = np.zeros(3)
+
+
+class ControlThread:
+    """Calls ``tick(stalled) -> twist`` at a fixed rate and publishes it with ``publish``.
+
+    The tick function reads the clocks itself, under the node's lock, so that an input stamped
+    under the same lock can never look newer than the tick that judges it.
+    """
+
+    def __init__(self, period_s: float, ros_now: Callable[[], float],
+                 tick: Callable[[bool], np.ndarray], publish: Callable[[np.ndarray], None],
+                 use_ros_time: bool, stall_timeout_s: Callable[[], float],
+                 on_error: Callable[[Exception], None] | None = None):
+        self.period = period_s
+        self.ros_now = ros_now
+        self.tick = tick
+        self.publish = publish
+        self.use_ros_time = use_ros_time
+        self.stall_timeout_s = stall_timeout_s
+        self.on_error = on_error
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._publish_lock = threading.Lock()
+        self._allowed = True
+        self.ticks = 0
+        self.thread = threading.Thread(target=self._run, name="vla_control", daemon=True)
+
+    def start(self) -> None:
+        """Start ticking."""
+        self.thread.start()
+
+    def notify_clock(self, *_args) -> None:
+        """ROS time changed (jump-callback signature): wake the loop in ROS-time mode."""
+        self._wake.set()
+
+    def finish(self, zeros: int = 3, spacing_s: float = 0.02, join_timeout_s: float = 2.0) -> bool:
+        """Stop for good: no Twist from a tick after this, then ``zeros`` zero Twists.
+
+        Returns whether the thread ended within ``join_timeout_s``. The zeros go out either way,
+        and nothing is published after them: the flag is cleared under the publish lock.
+        """
+        self._stop.set()
+        self._wake.set()
+        with self._publish_lock:
+            self._allowed = False
+        if self.thread.is_alive():
+            self.thread.join(timeout=join_timeout_s)
+        for i in range(zeros):
+            if i:
+                time.sleep(spacing_s)
+            self.publish(ZERO.copy())
+        return not self.thread.is_alive()
+
+    def _emit(self, stalled: bool) -> None:
+        try:
+            twist = self.tick(stalled)
+        except Exception as exc:  # a bug in a tick must stop the robot, not the loop
+            twist = ZERO.copy()
+            if self.on_error is not None:
+                self.on_error(exc)
+        with self._publish_lock:
+            if self._allowed:
+                self.publish(twist)
+                self.ticks += 1
+
+    def _run(self) -> None:
+        if self.use_ros_time:
+            self._run_ros_time()
+        else:
+            self._run_steady()
+
+    def _run_steady(self) -> None:
+        schedule = TickSchedule(self.period, time.monotonic())
+        while not self._stop.is_set():
+            wait = schedule.wait_s(time.monotonic())
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
+            schedule.advance(time.monotonic())
+            self._emit(False)
+
+    def _run_ros_time(self) -> None:
+        schedule: TickSchedule | None = None
+        stall_schedule = TickSchedule(self.period, time.monotonic())
+        last_ros, last_advance = 0.0, time.monotonic()
+        while not self._stop.is_set():
+            steady, ros = time.monotonic(), self.ros_now()
+            if ros != last_ros:
+                last_ros, last_advance = ros, steady
+            if ros > 0 and (schedule is None or ros < schedule.next - 2 * self.period):
+                schedule = TickSchedule(self.period, ros - self.period)  # new or jumped back
+            stalled = ros <= 0 or steady - last_advance > self.stall_timeout_s()
+            if stalled:
+                if stall_schedule.due(steady):
+                    stall_schedule.advance(steady)
+                    self._emit(True)
+                wait = stall_schedule.wait_s(time.monotonic())
+            else:
+                if schedule.due(ros):
+                    schedule.advance(ros)
+                    stall_schedule.restart(steady)
+                    self._emit(False)
+                wait = self.period
+            self._wake.wait(max(wait, 1e-3))
+            self._wake.clear()
