@@ -448,3 +448,22 @@ def test_onnx_export_of_their_heads_matches_torch(tmp_path, head, reference, con
     assert meta["normalization"]["image_norm"] == "none"
     assert meta["normalization"]["resize_filter"] == "bilinear"
     assert make_profiles(meta["model_spec"], meta["policy_config"])
+
+
+def test_parent_chain_and_refused_structure(tmp_path, reference):
+    write_json(tmp_path / "base.json", training_json(window_size=8))
+    child = write_json(tmp_path / "child.json", {"parent": "base.json", "window_size": 4,
+                                                 "act_head": {"hidden_size": 64}})
+    prep = prepare(ModelSource("tiny", model_config=str(child)))
+    assert prep.config.window_size == 4 and prep.config.lstm_hidden == 64
+    assert prep.config.head_type == "MobileVLALSTMDecoder"     # from the parent's act_head
+    ckpt = save_lightning(tmp_path / "v.ckpt", to_team_keys(reference.state_dict()))
+    for key, value, words in (("use_vision_resampler", True, "PerceiverResampler"),
+                              ("use_hand_rgb", True, "gripper camera"),
+                              ("model", "paligemma", "only Kosmos-2")):
+        cfg = write_json(tmp_path / f"{key}.json", training_json(**{key: value}))
+        with pytest.raises(CheckpointError, match=words):
+            load_policy(ModelSource("tiny", str(ckpt), model_config=str(cfg)))
+    missing_parent = write_json(tmp_path / "orphan.json", {"parent": "gone.json"})
+    with pytest.raises(FileNotFoundError, match="names parent 'gone.json'"):
+        prepare(ModelSource("tiny", model_config=str(missing_parent)))
