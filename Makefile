@@ -61,7 +61,7 @@ $(TRITON_STAMP): requirements-triton-server.txt
 # full-size vla_bench eager vs CUDA graphs, environment; files under $(OUT) (docs/GPU.md).
 # Refuses (exit 3) without a CUDA GPU.
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
