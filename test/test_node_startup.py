@@ -1,9 +1,9 @@
-"""Start-up paths: params file as the launch file passes it, launch description, fatal errors,
-compressed transport. Each test runs its own node process (use_sim_time: test_node_time.py)."""
+"""Start-up paths: params file as the launch file passes it, fatal errors, compressed
+transport. Each test runs its own node process (the launch file: test_launch_file.py;
+use_sim_time: test_node_time.py)."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import time
@@ -12,21 +12,22 @@ import numpy as np
 import pytest
 from ros_harness import REPO, Probe, ros_env, start_node, stop_process
 
-from mobile_vla_node.core.config import PARAMETERS, TopicConfig
-
-LAUNCH_FILE = REPO / "launch" / "robot.launch.py"
-
 
 def _wait_twists(probe, n=5, timeout=90):
     return probe.wait_for(lambda: len(probe.twists) >= n, timeout=timeout)
 
 
-def test_params_file_and_remap_as_launch_does(tmp_path):
-    """`ros2 launch` runs: vla_node --ros-args --params-file robot.yaml --log-level info -r ..."""
+def test_params_files_as_launch_passes_them(tmp_path):
+    """`ros2 launch ... cmd_vel_topic:=/robot/cmd_vel` runs: vla_node --ros-args --log-level info
+    --params-file robot.yaml --params-file <launch arguments as parameters> (no remappings)."""
     from geometry_msgs.msg import Twist
 
-    proc = start_node(extra_args=["--params-file", str(REPO / "config" / "robot.yaml"),
-                                  "--log-level", "info", "-r", "/cmd_vel:=/robot/cmd_vel"],
+    overrides = tmp_path / "launch_params.yaml"
+    overrides.write_text("/**:\n  ros__parameters:\n    cmd_vel_topic: /robot/cmd_vel\n"
+                         "    autostart: true\n    use_sim_time: false\n")
+    proc = start_node(extra_args=["--log-level", "info",
+                                  "--params-file", str(REPO / "config" / "robot.yaml"),
+                                  "--params-file", str(overrides)],
                       log_path=tmp_path / "node.log")
     probe = Probe("launch_probe")
     got = []
@@ -38,33 +39,6 @@ def test_params_file_and_remap_as_launch_does(tmp_path):
     finally:
         probe.close()
         assert stop_process(proc) == 0
-
-
-def test_launch_file_matches_node_parameters_and_topics():
-    """The launch file's overrides are node parameters and its remaps are the default topics."""
-    tree = ast.parse(LAUNCH_FILE.read_text())
-    consts = {t.id: ast.literal_eval(node.value) for node in tree.body
-              if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
-              and t.id in ("OVERRIDES", "REMAPS")}
-    assert {name for name, _ in consts["OVERRIDES"]} <= set(PARAMETERS)
-    defaults = TopicConfig()
-    node_topics = {defaults.image_topic, defaults.compressed_image_topic, defaults.command_topic,
-                   defaults.cmd_vel_topic, defaults.enable_topic}
-    assert {topic for topic, _, _ in consts["REMAPS"]} == node_topics
-
-
-def test_launch_description_loads():
-    pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI; "
-                                             "runs on a ROS 2 install")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("robot_launch", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    names = {a.name for a in description.get_launch_arguments()}
-    assert {"params_file", "backend", "model_path", "device", "use_sim_time",
-            "log_level"} <= names
 
 
 @pytest.mark.parametrize("params, expected", [
