@@ -26,7 +26,7 @@ COMMAND = "go to the red box"
 
 
 def test_registry_names():
-    assert set(REGISTRY) == {"torch", "onnx", "tensorrt", "null"}
+    assert set(REGISTRY) == {"torch", "onnx", "tensorrt", "triton", "null"}
     assert backend_class("torch") is TorchBackend
     assert backend_class("null") is NullBackend
 
@@ -35,7 +35,7 @@ def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(ValueError) as err:
         backend_class("tflite")
     assert "'tflite'" in str(err.value)
-    assert "['null', 'onnx', 'tensorrt', 'torch']" in str(err.value)
+    assert "['null', 'onnx', 'tensorrt', 'torch', 'triton']" in str(err.value)
 
 
 def test_create_backend_instantiates_without_loading():
