@@ -117,6 +117,8 @@ class TorchBackend(InferenceBackend):
             self.info.extra["cuda_graph"] = cache.summary()
 
     def _to_device(self, array: np.ndarray):
+        if array.size == 0:  # e.g. the empty history of a first frame: nothing to pin or copy
+            return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         if not (array.flags.writeable and array.flags.c_contiguous):
             array = np.array(array, copy=True, order="C")
         tensor = self.torch.from_numpy(array)
