@@ -6,11 +6,17 @@ import sys
 
 import numpy as np
 
+from ..core.timing import latency_summary
 from ..export.parity import ATOL, default_atol
 from . import limits
 
 # Parity tolerance (max abs difference to torch fp32) by the candidate's precision; TensorRT fp32
 # may use TF32 kernels.
+
+
+def summarize(samples) -> dict:
+    """mean, std, min, p50, p90, p99, max and count of millisecond samples (empty: count 0)."""
+    return latency_summary(samples, (50, 90, 99), ("mean", "std", "min", "max"))
 
 
 def parity(ref_path: str, cand_path: str, atol: float) -> dict:

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import summarize, vm_hwm_mb
+from .analysis import summarize
+from .environment import vm_hwm_mb
 
 # Test hook (documented in docs/BENCHMARKS.md): "onnx=cuda:0" makes the onnx child REPORT that
 # device, so the parent's mixed-device refusal can be tested on a CPU-only machine. The result is
 # flagged ``simulated_device`` and the parent prints a warning; nothing runs on that device.
+# The instruction every mode runs with (model, pipeline and the node's /vla/command).
+PROMPT = "go to the red box"
 SIMULATE_ENV = "VLA_BENCH_SIMULATE_DEVICE"
 N_MODEL_IMAGES = 8
 N_PIPELINE_FRAMES = 4

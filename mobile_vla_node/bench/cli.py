@@ -28,8 +28,9 @@ import numpy as np
 from ..export.parity import ATOL
 from . import limits
 from .analysis import control_budget, parity_report, physical_limits, step_series
-from .report import PROMPT, environment
-from .tables import markdown_report, write_plots
+from .child import PROMPT
+from .environment import environment
+from .render import markdown_report, write_plots
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MIXED, EXIT_PARITY = 0, 1, 2, 3, 4
 BACKENDS = ("torch", "onnx", "tensorrt", "null")

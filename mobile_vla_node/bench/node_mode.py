@@ -29,8 +29,9 @@ import numpy as np
 
 from ..ros.process import loopback_env, stop_node
 from ..ros.qos import profile
-from .report import PROMPT as COMMAND
-from .report import summarize, vm_hwm_mb
+from .analysis import summarize
+from .child import PROMPT as COMMAND
+from .environment import vm_hwm_mb
 
 WIDTH, HEIGHT = 640, 480
 N_FRAMES = 4

@@ -1,4 +1,4 @@
-"""Statistics, environment block, Markdown tables and PNG plots for `vla_bench`."""
+"""The environment block of a `vla_bench` report (machine, libraries, settings) and memory."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
-from ..core.timing import latency_summary
-
-# The instruction every mode runs with (model, pipeline and the node's /vla/command).
-PROMPT = "go to the red box"
 # Environment variables that change what is measured (threads, DDS transport).
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RMW_IMPLEMENTATION",
             "ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
@@ -26,11 +20,6 @@ ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RMW_I
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "numpy",
              "onnx", "pillow", "opencv-python-headless", "psutil", "nvidia-ml-py", "rclpy",
              "ros-rclpy", "ros-rmw-fastrtps-cpp")
-
-
-def summarize(samples) -> dict:
-    """mean, std, min, p50, p90, p99, max and count of millisecond samples (empty: count 0)."""
-    return latency_summary(samples, (50, 90, 99), ("mean", "std", "min", "max"))
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:
@@ -122,73 +111,3 @@ def environment(argv: list[str]) -> dict:
         "ort_providers": providers, "git_commit": _git_commit(),
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
     }
-
-
-def fmt(value, digits: int = 2) -> str:
-    """A table cell: numbers rounded, None/strings passed through."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        if value != value:
-            return "n/a"
-        if value != 0 and (abs(value) < 0.1 or abs(value) >= 1e5):
-            return f"{value:.3g}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def plot_cdf(path: Path, series: dict, title: str) -> None:
-    """Latency CDF, one line per label -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, samples in series.items():
-        data = np.sort(np.asarray([s for s in samples if np.isfinite(s)], np.float64))
-        if data.size:
-            ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=label)
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("fraction of steps <= latency")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_stages(path: Path, breakdown: dict, title: str) -> None:
-    """Stacked bars of per-stage mean ms; ``breakdown`` is {label: {stage: mean_ms}} -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = list(breakdown)
-    stages = list(dict.fromkeys(s for v in breakdown.values() for s in v))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4.5))
-    bottom = np.zeros(len(labels))
-    for stage in stages:
-        values = np.array([max(breakdown[lb].get(stage) or 0.0, 0.0) for lb in labels])
-        ax.bar(labels, values, bottom=bottom, label=stage)
-        bottom += values
-    ax.set_ylabel("mean ms per step")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.tick_params(axis="x", labelsize=8, rotation=15)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
