@@ -13,10 +13,6 @@ import pytest
 from ros_harness import REPO, Probe, ros_env, start_node, stop_process
 
 
-def _wait_twists(probe, n=5, timeout=90):
-    return probe.wait_for(lambda: len(probe.twists) >= n, timeout=timeout)
-
-
 def test_params_files_as_launch_passes_them(tmp_path):
     """`ros2 launch ... cmd_vel_topic:=/robot/cmd_vel` runs: vla_node --ros-args --log-level info
     --params-file robot.yaml --params-file <launch arguments as parameters> (no remappings)."""
@@ -73,19 +69,23 @@ def test_compressed_transport(tmp_path):
     frame[60:180, 40:120] = (30, 30, 220)
     ok, jpeg = cv2.imencode(".jpg", frame)
     try:
-        assert _wait_twists(probe), (tmp_path / "node.log").read_text()
+        assert probe.wait_active(), (tmp_path / "node.log").read_text()
         probe.command("move left")
         t0 = time.monotonic()
-        end = t0 + 3.0
-        while time.monotonic() < end:
+
+        def moving():
+            return any(abs(x) + abs(y) + abs(z) > 0 for _, x, y, z in probe.twists_since(t0))
+
+        while not moving() and time.monotonic() < t0 + 60:  # events, not a time window
             msg = CompressedImage(format="jpeg", data=jpeg.tobytes())
             msg.header.stamp = probe.now()
             pub.publish(msg)
             time.sleep(0.1)
+        assert moving()
+        assert probe.wait_for(lambda: probe.latest_diagnostics()["vla_node: inference"].message
+                              != "no data yet", timeout=30)
         values = {kv.key: kv.value for kv in probe.latest_diagnostics()["vla_node: inputs"].values}
-        assert int(values["frames_received"]) > 10 and values["malformed_images"] == "0"
-        assert probe.latest_diagnostics()["vla_node: inference"].message != "no data yet"
-        assert any(abs(x) + abs(y) + abs(z) > 0 for _, x, y, z in probe.twists_since(t0))
+        assert int(values["frames_received"]) >= 1 and values["malformed_images"] == "0"
     finally:
         probe.close()
         stop_process(proc)

@@ -80,8 +80,8 @@ class FramePipeline:
                 rules.inference_failed(exc)
                 error = rules.last_error
             return FrameOutcome(INFERENCE_ERROR, error=error)
-        done = now() if callable(now) else now
-        with self.lock:
+        with self.lock:  # the time is read under the lock, like every tick's
+            done = now() if callable(now) else now
             meta = None
             if result is not None:
                 meta = ChunkMeta(stamp, transport_ms, decode_ms + result.preprocess_ms,

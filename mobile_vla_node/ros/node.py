@@ -42,7 +42,7 @@ from ..core.config import PARAMETERS, ConfigError, NodeConfig
 from ..core.control import ChunkMeta, ControlLoop
 from ..core.diagnostics import NodeStats, build_statuses
 from ..core.inputs import InputRules
-from ..core.preprocess import ImageError, decode_message
+from ..core.pipeline import BAD_IMAGE, INFERENCE_ERROR, FramePipeline
 from ..core.runtime import PolicyRuntime
 from ..core.ticks import ClockGuard
 from ..model.errors import CheckpointError
@@ -98,7 +98,7 @@ class VlaNode(LifecycleNode):
         self.lifecycle = "unconfigured"
         self.startup_error: str | None = None
         self._lock = threading.Lock()
-        self.backend = self.runtime = self.control = self.inputs = None
+        self.backend = self.runtime = self.control = self.inputs = self.pipeline = None
         self._worker: threading.Thread | None = None
         self._worker_stop = threading.Event()
         self._wake = threading.Event()
@@ -191,6 +191,7 @@ class VlaNode(LifecycleNode):
         with self._lock:
             self.backend, self.runtime, self.control = backend, runtime, control
             self.inputs = InputRules(runtime, control, self.stats.counters, self.command_filter)
+            self.pipeline = FramePipeline(self.inputs, self._lock, on_step=self._on_step)
             held_command, held_enable = self._held_command, self._held_enable
         if held_enable is not None:
             self._set_enabled(held_enable, "topic (before configure)")
@@ -262,7 +263,7 @@ class VlaNode(LifecycleNode):
                 return False
         with self._lock:
             backend = self.backend
-            self.backend = self.runtime = self.control = self.inputs = None
+            self.backend = self.runtime = self.control = self.inputs = self.pipeline = None
             self._worker = None
         if backend is not None:
             backend.close()
@@ -345,36 +346,23 @@ class VlaNode(LifecycleNode):
             self._wake.clear()
             with self._lock:
                 item, self._pending = self._pending, None
-                runtime, inputs = self.runtime, self.inputs
-            if item is not None and runtime is not None and not self._worker_stop.is_set():
-                self._process(runtime, inputs, *item)
+                pipeline = self.pipeline
+            if item is None or pipeline is None or self._worker_stop.is_set():
+                continue
+            msg, stamp, transport_ms = item
+            outcome = pipeline.process(msg, stamp, self._now, transport_ms)
+            if outcome.status == BAD_IMAGE:
+                self.get_logger().warning(f"malformed image: {outcome.error}",
+                                          throttle_duration_sec=2.0)
+            elif outcome.status == INFERENCE_ERROR:
+                self.get_logger().error(f"inference failed: {outcome.error}",
+                                        throttle_duration_sec=2.0)
 
-    def _process(self, runtime, inputs, msg, stamp: float, transport_ms: float) -> None:
-        t0 = time.perf_counter()
-        try:
-            rgb = decode_message(msg)
-            decode_ms = (time.perf_counter() - t0) * 1e3
-            result = runtime.step(rgb)
-        except ImageError as exc:
-            with self._lock:
-                inputs.bad_image(exc)
-            self.get_logger().warning(f"malformed image: {exc}", throttle_duration_sec=2.0)
-            return
-        except Exception as exc:  # a backend failure must stop the robot, not the node
-            with self._lock:
-                inputs.inference_failed(exc)
-            self.get_logger().error(f"inference failed: {inputs.last_error}",
-                                    throttle_duration_sec=2.0)
-            return
-        with self._lock:
-            meta = None
-            if result is not None:
-                meta = ChunkMeta(stamp, transport_ms, decode_ms + result.preprocess_ms,
-                                 result.inference_ms)
-            if inputs.step_done(result, self._now(), meta):
-                self.stats.inference_rate.add(time.monotonic())
-                self.stats.latency["preprocess"].add(meta.preprocess_ms)
-                self.stats.latency["inference"].add(meta.inference_ms)
+    def _on_step(self, meta: ChunkMeta) -> None:
+        """A step reached the control loop (called under the lock)."""
+        self.stats.inference_rate.add(time.monotonic())
+        self.stats.latency["preprocess"].add(meta.preprocess_ms)
+        self.stats.latency["inference"].add(meta.inference_ms)
 
     # -- control (control thread) ------------------------------------------------------------
     def _tick(self, stalled: bool) -> np.ndarray:
