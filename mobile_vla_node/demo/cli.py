@@ -88,15 +88,28 @@ class DemoDriver:
                 "_level": int.from_bytes(s.level, "little") if isinstance(s.level, bytes)
                 else int(s.level), "_message": s.message} for s in msg.status}
 
+    def ready(self) -> bool:
+        """The node is loaded, warmed up and driving: its diagnostics say lifecycle "active".
+
+        (A node without the lifecycle_state value is ready once it publishes Twists; a lifecycle
+        node publishes zero Twists from the start, before it has loaded anything.)
+        """
+        with self.lock:
+            control = self.diagnostics.get("vla_node: control")
+            if not control:
+                return False
+            if control.get("lifecycle_state"):
+                return control["lifecycle_state"] == "active"
+            return bool(self.twists) and control.get("stop_reason") != "unconfigured"
+
     def wait_ready(self, proc, timeout: float) -> bool:
-        """Wait until the node publishes Twists (it is loaded and warmed up)."""
+        """Wait until the node is `ready` (False if it exits or the timeout passes first)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if proc.poll() is not None:
                 return False
-            with self.lock:
-                if self.twists:
-                    return True
+            if self.ready():
+                return True
             time.sleep(0.1)
         return False
 
