@@ -42,6 +42,17 @@ CONTROL_STATUS = "vla_node: control"
 INPUTS_STATUS = "vla_node: inputs"
 
 
+def node_active(statuses: dict) -> bool:
+    """The node's diagnostics say it has loaded and is active (lifecycle_state "active").
+
+    A node without the lifecycle_state value is active once its inference status is there.
+    """
+    state = statuses.get(CONTROL_STATUS, {}).get("lifecycle_state")
+    if state:
+        return state == "active"
+    return INFERENCE_STATUS in statuses
+
+
 def node_params(job: dict, rate_hz: float, window: int) -> dict:
     """The node's ``-p`` parameters for one run."""
     params = {"backend": job["backend"], "model_preset": job["preset"],
@@ -253,8 +264,8 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     driver = Driver()
     try:
         t0 = time.perf_counter()
-        driver.wait_for(lambda: INFERENCE_STATUS in driver.latest_diag(), startup_timeout, proc,
-                        "diagnostics from the node (backend load + warm-up)")
+        driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
+                        "the node to load, warm up and activate")
         startup_s = time.perf_counter() - t0
         from std_msgs.msg import String
 
