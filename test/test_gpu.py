@@ -59,11 +59,21 @@ def record(key: str, value) -> None:
             json.dump(REPORT, f, indent=2, default=str)
 
 
+_ON_GPU: dict = {}  # id(CPU model) -> its fp32 copy on the GPU (copied from there per backend)
+
+
 def make_backend(loaded, share: bool = False, **overrides) -> TorchBackend:
     """A loaded TorchBackend running ``loaded``'s weights (a copy unless ``share``)."""
     cfg = BackendConfig(model_preset=loaded.config.preset, **overrides)
     backend = TorchBackend(cfg)
-    policy = loaded if share else replace(loaded, model=copy.deepcopy(loaded.model))
+    if share:
+        policy = loaded
+    elif cfg.device.startswith("cuda"):  # one host-to-device copy per model, then on the GPU
+        if id(loaded.model) not in _ON_GPU:
+            _ON_GPU[id(loaded.model)] = copy.deepcopy(loaded.model).to(cfg.device)
+        policy = replace(loaded, model=copy.deepcopy(_ON_GPU[id(loaded.model)]))
+    else:
+        policy = replace(loaded, model=copy.deepcopy(loaded.model))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loader, "load_policy", lambda source: policy)
         backend.load()
