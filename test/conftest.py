@@ -37,6 +37,7 @@ LAYERS = {
     "test_layers.py": ("unit",),
     "test_model.py": ("unit",),
     "test_node_integration.py": ("ros",),
+    "test_node_lifecycle.py": ("ros",),
     "test_node_onnx.py": ("ros", "slow"),
     "test_node_startup.py": ("ros",),
     "test_node_time.py": ("ros", "slow"),

@@ -15,8 +15,9 @@ except, under ``use_sim_time``, the ``/clock`` updates that define time itself.
 Every tick, ROS time is checked against the steady clock (`core.ticks.ClockGuard`); a jump is
 handed to the tick function, which stops the robot until fresh input arrives.
 
-Publishing happens under one lock with an "allowed" flag: `finish` takes the lock, clears the flag
-and sends the final zeros, so no policy Twist can follow them whatever thread state the tick is in.
+A tick computes and publishes under one lock with an "allowed" flag: `finish` takes the lock,
+clears the flag and sends the final zeros, so no policy Twist can follow them whatever state the
+tick is in; `publish_now` (the zero of a deactivate) is ordered with the ticks the same way.
 """
 
 from __future__ import annotations
@@ -83,17 +84,26 @@ class ControlThread:
             self.publish(ZERO.copy())
         return not self.thread.is_alive()
 
-    def _emit(self, stalled: bool) -> None:
-        try:
-            twist = self.tick(stalled)
-        except Exception as exc:  # a bug in a tick must stop the robot, not the loop
-            twist = ZERO.copy()
-            if self.on_error is not None:
-                self.on_error(exc)
+    def publish_now(self, twist: np.ndarray) -> None:
+        """Publish outside the schedule (a zero on deactivate), ordered with the ticks."""
         with self._publish_lock:
             if self._allowed:
                 self.publish(twist)
-                self.ticks += 1
+
+    def _emit(self, stalled: bool) -> None:
+        # Computing and publishing under one lock: a state change (deactivate, shutdown) that
+        # publishes through `publish_now` or `finish` comes entirely before or after a tick.
+        with self._publish_lock:
+            if not self._allowed:
+                return
+            try:
+                twist = self.tick(stalled)
+            except Exception as exc:  # a bug in a tick must stop the robot, not the loop
+                twist = ZERO.copy()
+                if self.on_error is not None:
+                    self.on_error(exc)
+            self.publish(twist)
+            self.ticks += 1
 
     def _run(self) -> None:
         if self.use_ros_time:

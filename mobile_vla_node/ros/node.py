@@ -217,7 +217,7 @@ class VlaNode(LifecycleNode):
         with self._lock:
             self.control.set_active(False)
             self.lifecycle = "inactive"
-        self._publish_twist(np.zeros(3))
+        self.control_thread.publish_now(np.zeros(3))
         self.get_logger().info("inactive: publishing zeros")
         return SUCCESS
 
