@@ -70,6 +70,12 @@ def backend_config(job: dict):
     return BackendConfig(**values)
 
 
+def _plain(extra: dict) -> dict:
+    """JSON-safe copy of BackendInfo.extra (numbers, bools and None kept; the rest as text)."""
+    return {k: v if isinstance(v, (int, float, bool)) or v is None else str(v)
+            for k, v in extra.items()}
+
+
 def _sync(backend) -> None:
     sync = getattr(backend, "synchronize", None)
     if sync is not None:
@@ -233,8 +239,7 @@ def run(job: dict) -> dict:
     result["info"] = {"name": info.name, "device": info.device, "precision": info.precision,
                       "provider": info.provider, "model": info.model,
                       "warnings": list(info.warnings),
-                      "extra": {k: v if isinstance(v, (int, float, bool)) or v is None else str(v)
-                                for k, v in info.extra.items()}}
+                      "extra": _plain(info.extra)}
     result["simulated_device"] = bool(info.extra.get("simulated_device"))
     config = getattr(getattr(backend, "model", None), "config", None)
     meta = getattr(backend, "meta", None)
@@ -259,6 +264,8 @@ def run(job: dict) -> dict:
         result["pipeline"] = run_pipeline(backend, job, rng, job["prompt"])
     if job.get("cases_path"):
         result["parity_outputs"] = run_parity_outputs(backend, job)
+    # State after the runs (e.g. which CUDA graphs were captured, or why some run eagerly).
+    result["info"]["extra"].update(_plain(backend.describe().extra))
     result["memory"] = {"rss_after_import_mb": result.pop("rss_after_import_mb"),
                         "rss_after_load_mb": result.pop("rss_after_load_mb"),
                         **peak_rss(), **device_memory(backend, info)}
