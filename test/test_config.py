@@ -45,14 +45,26 @@ def test_defaults_are_valid_and_match_the_table():
     for name, value in params.items():
         assert value == PARAMETERS[name]["default"], name
     assert cfg.backend.backend == "torch" and cfg.backend.device == "cpu"
-    assert cfg.topics.image_topic == "/camera/image_raw"
-    assert cfg.topics.compressed_image_topic == "/camera/image_raw/compressed"
-    assert cfg.topics.command_topic == "/vla/command"
-    assert cfg.topics.cmd_vel_topic == "/cmd_vel"
-    assert cfg.topics.enable_topic == "/vla/enable"
+    # Relative defaults: a namespace applies; in the root namespace they are the usual names.
+    assert cfg.topics.image_topic == "camera/image_raw"
+    assert cfg.topics.cmd_vel_topic == "cmd_vel"
     assert cfg.topics.timing_topic == "~/step_timing"
+    root = cfg.topics.absolute()
+    assert (root.image_topic, root.compressed_image_topic, root.command_topic,
+            root.cmd_vel_topic, root.enable_topic, root.timing_topic) == (
+        "/camera/image_raw", "/camera/image_raw/compressed", "/vla/command", "/cmd_vel",
+        "/vla/enable", "~/step_timing")
     assert cfg.control.control_rate_hz == 20.0
     assert cfg.action.action_sign == [1.0, 1.0, 1.0]
+
+
+def test_topic_names_resolve_like_ros():
+    topics = TopicConfig(cmd_vel_topic="cmd_vel", image_topic="/camera/color/image_raw")
+    robot = topics.absolute("/robot1")
+    assert robot.cmd_vel_topic == "/robot1/cmd_vel"
+    assert robot.image_topic == "/camera/color/image_raw"  # absolute: stays global
+    assert robot.timing_topic == "~/step_timing"  # node-private: the node resolves it
+    assert topics.absolute("/robot1/").command_topic == "/robot1/vla/command"
 
 
 def test_every_parameter_belongs_to_exactly_one_section():

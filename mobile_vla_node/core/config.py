@@ -107,15 +107,20 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class TopicConfig:
-    """Topic names (all remappable too) and image transport."""
+    """Topic names and image transport.
 
-    image_topic: str = param("/camera/image_raw", "sensor_msgs/Image topic")
-    compressed_image_topic: str = param("/camera/image_raw/compressed",
+    The defaults are relative names: in the root namespace they are ``/camera/image_raw``,
+    ``/cmd_vel``, ...; under a namespace (launch ``namespace:=robot1``) they follow it
+    (``/robot1/cmd_vel``). A name starting with ``/`` stays global.
+    """
+
+    image_topic: str = param("camera/image_raw", "sensor_msgs/Image topic")
+    compressed_image_topic: str = param("camera/image_raw/compressed",
                                         "sensor_msgs/CompressedImage topic")
     image_transport: str = param("raw", "raw or compressed", choices=("raw", "compressed"))
-    command_topic: str = param("/vla/command", "std_msgs/String instruction topic")
-    cmd_vel_topic: str = param("/cmd_vel", "geometry_msgs/Twist output topic")
-    enable_topic: str = param("/vla/enable", "std_msgs/Bool enable (false = e-stop)")
+    command_topic: str = param("vla/command", "std_msgs/String instruction topic")
+    cmd_vel_topic: str = param("cmd_vel", "geometry_msgs/Twist output topic")
+    enable_topic: str = param("vla/enable", "std_msgs/Bool enable (false = e-stop)")
     timing_topic: str = param("~/step_timing", "std_msgs/Float64MultiArray per-step timings")
 
     def __post_init__(self):
@@ -124,6 +129,21 @@ class TopicConfig:
             value = getattr(self, f.name)
             if f.name.endswith("_topic") and (not value or " " in value):
                 raise ConfigError(f"parameter {f.name}={value!r} is not a topic name")
+
+    def absolute(self, namespace: str = "/") -> TopicConfig:
+        """The names as ROS resolves them in ``namespace`` (``~/`` private names unchanged).
+
+        Tools that match names against a bag or the graph (replay) compare absolute names.
+        """
+        return replace(self, **{f.name: absolute_topic(getattr(self, f.name), namespace)
+                                for f in fields(self) if f.name.endswith("_topic")})
+
+
+def absolute_topic(name: str, namespace: str = "/") -> str:
+    """``name`` resolved in ``namespace``: relative names get the namespace, others stay."""
+    if name.startswith(("/", "~")):
+        return name
+    return f"{namespace.rstrip('/')}/{name}"
 
 
 @dataclass(frozen=True)

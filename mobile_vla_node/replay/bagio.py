@@ -163,8 +163,12 @@ def rosbags_qos(role: str) -> list:
 
 
 def qos_role(topic: str, msgtype: str, topics: TopicConfig | None = None) -> str:
-    """The `ros.qos.QOS` role of a bag connection, by the node's topic names (default names)."""
-    topics = topics or TopicConfig()
+    """The `ros.qos.QOS` role of a bag connection, by the node's topic names (default names).
+
+    Bag topics are absolute; the node's relative names are compared as the root namespace
+    resolves them.
+    """
+    topics = (topics or TopicConfig()).absolute()
     if msgtype in IMAGE_TYPES:
         return "camera"
     roles = {(topics.command_topic, STRING): "command", (topics.enable_topic, BOOL): "enable",

@@ -129,7 +129,7 @@ def select_topics(reader, config: NodeConfig, image_topic: str | None,
                   command_topic: str | None, reference_topic: str | None,
                   use_bag_commands: bool) -> EvalTopics:
     """Pick the bag connections for each role; the image topic must exist."""
-    topics = config.topics
+    topics = config.topics.absolute()  # a bag holds absolute names (relative ones: root ns)
     images = [c for c in reader.connections if c.msgtype in bagio.IMAGE_TYPES]
     present = sorted({c.topic for c in images})
     if image_topic:
@@ -285,7 +285,7 @@ def run_eval(bag: str | Path, out: str | Path, config: NodeConfig, *,
     if not bag.exists():
         raise ReplayError(f"bag {str(bag)!r} does not exist")
     owned = backend is None
-    command_topic = command_topic or config.topics.command_topic
+    command_topic = command_topic or config.topics.absolute().command_topic
     with bagio.reading(bag) as reader:  # the bag is checked before the model is loaded
         sel = select_topics(reader, config, image_topic, command_topic, reference_topic,
                             use_bag_commands=command is None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.config import ConfigError, NodeConfig
@@ -57,6 +58,8 @@ def build_config(params_file: str | None, overrides: dict, extra: list[str]) -> 
             raise ReplayError(f"--param {item!r} must look like NAME=VALUE")
         params[name.strip()] = yaml.safe_load(text)
     try:
-        return NodeConfig.from_params(params)
+        config = NodeConfig.from_params(params)
     except ConfigError as exc:
         raise ReplayError(str(exc)) from exc
+    # Replay runs in the root namespace and matches bag topics: absolute names throughout.
+    return replace(config, topics=config.topics.absolute())
