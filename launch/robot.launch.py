@@ -112,9 +112,10 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="full path to the node's parameter YAML"),
         DeclareLaunchArgument("namespace", default_value="",
-                              description="node namespace: node name, services, ~/step_timing "
-                                          "and relative topic names (e.g. cmd_vel_topic:=cmd_vel)"
-                                          " follow it; absolute topics (/cmd_vel) do not"),
+                              description="node namespace: the node, its services and its "
+                                          "relative topic names (the defaults: cmd_vel, "
+                                          "camera/image_raw, ...) follow it; /absolute names "
+                                          "stay global"),
         DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
                               description="configure and activate the lifecycle node at start "
                                           "(false: wait for a lifecycle manager)"),
