@@ -170,6 +170,8 @@ def test_play_to_live_node_matches_eval(tmp_path):
         # eval while the node starts up
         summary = run_eval(bag, tmp_path / "eval", NodeConfig.from_params({"warmup_iters": 0}),
                            plot=False, log=lambda s: None)
+        assert wait_until_driving_ready(int(env["ROS_DOMAIN_ID"])), \
+            (tmp_path / "node.log").read_text()[-3000:]
         play = subprocess.run(
             [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--record",
              str(rec), "--wait-for-subscribers", "90"],
@@ -183,9 +185,12 @@ def test_play_to_live_node_matches_eval(tmp_path):
             [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--loop",
              "--rate", "2", "--record", str(rec_loop), "--wait-for-subscribers", "30"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(5.0)
+        first = loop.stdout.readline()  # "playing ...": playback and recording have started
+        assert first.startswith("playing "), first
+        time.sleep(3.0)  # > one pass of the bag at rate 2
         loop.send_signal(signal.SIGINT)
         loop_out, _ = loop.communicate(timeout=30)
+        loop_out = first + loop_out
         assert loop.returncode == 130, loop_out
         assert "(interrupted)" in loop_out and "Traceback" not in loop_out
     finally:

@@ -117,6 +117,9 @@ def run_play(args) -> int:
             try:
                 _wait_for_peers(node, executor, publishers, args, config, recorder is not None)
                 clock.start()
+                print(f"playing {bag} at rate {args.rate:g}"
+                      + (f", recording {args.record}" if recorder is not None else ""),
+                      file=sys.stderr, flush=True)
                 loop = 0
                 while True:
                     player.play_pass(reader, conns, start_ns,
