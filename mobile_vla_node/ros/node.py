@@ -150,7 +150,7 @@ class VlaNode(LifecycleNode):
                               min_backward=Duration(nanoseconds=-1), on_clock_change=True),
                 post_callback=self.control_thread.notify_clock)
         self.control_thread.start()
-        self.get_logger().info(f"publishing {topics.cmd_vel_topic} at "
+        self.get_logger().info(f"publishing {self.cmd_pub.topic_name} at "
                                f"{cfg.control.control_rate_hz:g} Hz "
                                f"({'ROS' if use_ros_time else 'steady'} clock); zeros until "
                                "active")
@@ -209,7 +209,7 @@ class VlaNode(LifecycleNode):
         with self._lock:
             self.control.set_active(True)
             self.lifecycle = "active"
-        self.get_logger().info(f"active: policy Twists on {self.config.topics.cmd_vel_topic}")
+        self.get_logger().info(f"active: policy Twists on {self.cmd_pub.topic_name}")
         return SUCCESS
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
