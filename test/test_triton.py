@@ -320,3 +320,26 @@ def test_fleet_benchmark_forms_batches(tmp_path):
     encoder = run["server"]["mobile_vla_encoder"]
     assert encoder["requests"] == 45
     assert sum(int(size) * n for size, n in encoder["batch_histogram"].items()) == 45
+
+
+def test_client_accepts_exactly_what_the_exporter_writes(torch_backend):
+    from mobile_vla_node.backends.triton_backend import TritonBackend, model_names
+    from mobile_vla_node.export.triton_repo import serving_io
+
+    backend = TritonBackend(BackendConfig(backend="triton"))
+    backend.spec = torch_backend.spec
+    io = serving_io(backend.spec)
+    backend.encoder_name, backend.step_name = model_names("m")
+
+    def config(role, batch=8):
+        inputs, outputs = io[role]
+        def tensors(table):
+            return [{"name": n, "data_type": t, "dims": [str(d) for d in dims]}
+                    for n, (t, dims) in table.items()]
+        return {"max_batch_size": batch, "input": tensors(inputs), "output": tensors(outputs)}
+
+    backend._check_io({"m_encoder": config("encoder"), "m_step": config("step")})
+    bad = config("encoder")
+    bad["input"][0]["dims"] = ["112", "112", "3"]
+    with pytest.raises(BackendError, match="input 'image'"):
+        backend._check_io({"m_encoder": bad, "m_step": config("step")})

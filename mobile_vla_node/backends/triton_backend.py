@@ -191,13 +191,13 @@ class TritonBackend(InferenceBackend):
         try:
             configs = {name: self._model_config(name, where) for name in (self.encoder_name,
                                                                           self.step_name)}
+            params = config_parameters(configs[self.encoder_name])
+            self._read_spec(params)
+            self._check_io(configs)
+            self._server_info(server, configs, params)
         except BackendError:
             self.close()
             raise
-        params = config_parameters(configs[self.encoder_name])
-        self._read_spec(params)
-        self._check_io(configs)
-        self._server_info(server, configs, params)
         self._stats_client = self._connect()
         try:  # the baseline, so that the first interval covers warm-up and the first steps
             baseline = self.server_statistics(self._stats_client)
