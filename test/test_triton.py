@@ -126,6 +126,24 @@ def test_export_cli_rejects_bad_arguments(tmp_path, capsys):
 
     assert main(["triton", "--preset", "nope", "--output", str(tmp_path / "r")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert main(["triton", "--preset", "tiny", "--output", str(tmp_path / "r"),
+                     "--tensorrt", "fp16"]) == 2
+        assert "--tensorrt needs TensorRT" in capsys.readouterr().err
+        assert not (tmp_path / "r" / "mobile_vla_encoder").exists()
+
+
+def test_tensorrt_profiles_cover_batch_text_and_window(torch_backend):
+    from mobile_vla_node.export.triton_repo import trt_profiles
+
+    spec = torch_backend.spec
+    p = trt_profiles(spec, 8, 40)
+    assert p["encoder"]["image"]["max"] == (8, spec.image_size, spec.image_size, 3)
+    assert p["encoder"]["text_ids"]["min"] == (1, 1) and p["encoder"]["text_ids"]["max"] == (8, 40)
+    assert p["step"]["features"]["max"] == (8, spec.window_size, spec.feature_dim)
+    assert p["step"]["features"]["min"] == (1, 1, spec.feature_dim)
 
 
 @pytest.fixture(scope="module")

@@ -303,6 +303,12 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError("--max-batch must be >= 0 and --instances >= 1")
     args.frames = None
     preset, checkpoint = _source(args)
+    if args.tensorrt:  # fail before the export, not after it
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            raise CliError(f"--tensorrt needs TensorRT ({exc}); build the plans on the serving "
+                           "GPU machine (JetPack or pip install tensorrt)") from exc
     repo = Path(args.output).expanduser()
     if repo.exists() and not repo.is_dir():
         raise CliError(f"output {str(repo)!r} exists and is not a folder")
