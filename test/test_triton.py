@@ -361,3 +361,45 @@ def test_client_accepts_exactly_what_the_exporter_writes(torch_backend):
     bad["input"][0]["dims"] = ["112", "112", "3"]
     with pytest.raises(BackendError, match="input 'image'"):
         backend._check_io({"m_encoder": bad, "m_step": config("step")})
+
+
+def make_certificates(folder: Path) -> dict:
+    """A throw-away CA and a localhost server certificate signed by it (openssl CLI)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make test certificates)")
+    f = {k: str(folder / k) for k in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                       "server.pem", "ext.cnf")}
+    Path(f["ext.cnf"]).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f["ca.key"], "-out",
+         f["ca.pem"], "-days", "2", "-subj", "/CN=test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", f["server.key"], "-out",
+         f["server.csr"], "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", f["server.csr"], "-CA", f["ca.pem"], "-CAkey", f["ca.key"],
+         "-CAcreateserial", "-out", f["server.pem"], "-days", "2", "-extfile", f["ext.cnf"]]):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return f
+
+
+def test_tls_server(repo, tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    certs = make_certificates(tmp_path)
+    srv = LocalTriton(repo, tmp_path / "server", tls_root=certs["ca.pem"], extra_args=[
+        "--grpc-use-ssl=true", f"--grpc-server-cert={certs['server.pem']}",
+        f"--grpc-server-key={certs['server.key']}"])
+    srv.start().wait_ready()
+    try:
+        with pytest.raises(BackendError, match="no Triton server"):
+            triton(srv.url)  # plaintext against a TLS server
+        remote = triton(srv.url, triton_ssl=True, triton_root_cert=certs["ca.pem"])
+        assert remote.describe().as_values()["triton_tls"] == "True"
+        _, actions = remote.infer(frames(1)[0], remote.tokenizer.encode(COMMAND),
+                                  np.zeros((0, remote.spec.feature_dim), np.float32))
+        assert np.isfinite(actions).all()
+        remote.close()
+    finally:
+        srv.stop()

@@ -135,6 +135,7 @@ class LocalTriton:
     metrics_port: int = 0
     extra_env: dict = field(default_factory=dict)
     extra_args: list = field(default_factory=list)
+    tls_root: str = ""  # PEM root for a server started with --grpc-use-ssl (wait_ready)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -181,7 +182,8 @@ class LocalTriton:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.url)
+        client = grpcclient.InferenceServerClient(
+            self.url, ssl=bool(self.tls_root), root_certificates=self.tls_root or None)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
