@@ -384,6 +384,19 @@ def make_certificates(folder: Path) -> dict:
     return f
 
 
+def client_certificate(certs: dict, folder: Path) -> tuple[str, str]:
+    """A client certificate signed by the test CA (mutual TLS)."""
+    import subprocess
+
+    key, csr, pem = (str(folder / n) for n in ("client.key", "client.csr", "client.pem"))
+    for cmd in (["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj",
+                 "/CN=robot-1"],
+                ["x509", "-req", "-in", csr, "-CA", certs["ca.pem"], "-CAkey", certs["ca.key"],
+                 "-CAcreateserial", "-out", pem, "-days", "2"]):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return pem, key
+
+
 def test_tls_server(repo, tmp_path):
     if not (DEFAULT_ENV / ".installed").exists():
         pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
@@ -397,6 +410,30 @@ def test_tls_server(repo, tmp_path):
             triton(srv.url)  # plaintext against a TLS server
         remote = triton(srv.url, triton_ssl=True, triton_root_cert=certs["ca.pem"])
         assert remote.describe().as_values()["triton_tls"] == "True"
+        _, actions = remote.infer(frames(1)[0], remote.tokenizer.encode(COMMAND),
+                                  np.zeros((0, remote.spec.feature_dim), np.float32))
+        assert np.isfinite(actions).all()
+        remote.close()
+    finally:
+        srv.stop()
+
+
+def test_mutual_tls_server(repo, tmp_path):
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    certs = make_certificates(tmp_path)
+    pem, key = client_certificate(certs, tmp_path)
+    srv = LocalTriton(repo, tmp_path / "server", tls_root=certs["ca.pem"], tls_client=(pem, key),
+                      extra_args=["--grpc-use-ssl-mutual=true",
+                                  f"--grpc-server-cert={certs['server.pem']}",
+                                  f"--grpc-server-key={certs['server.key']}",
+                                  f"--grpc-root-cert={certs['ca.pem']}"])
+    srv.start().wait_ready()
+    try:
+        with pytest.raises(BackendError, match="no Triton server"):
+            triton(srv.url, triton_ssl=True, triton_root_cert=certs["ca.pem"])  # no client cert
+        remote = triton(srv.url, triton_ssl=True, triton_root_cert=certs["ca.pem"],
+                        triton_client_cert=pem, triton_client_key=key)
         _, actions = remote.infer(frames(1)[0], remote.tokenizer.encode(COMMAND),
                                   np.zeros((0, remote.spec.feature_dim), np.float32))
         assert np.isfinite(actions).all()

@@ -136,6 +136,7 @@ class LocalTriton:
     extra_env: dict = field(default_factory=dict)
     extra_args: list = field(default_factory=list)
     tls_root: str = ""  # PEM root for a server started with --grpc-use-ssl (wait_ready)
+    tls_client: tuple = ()  # (cert, key) PEM files when the server wants mutual TLS
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -182,8 +183,10 @@ class LocalTriton:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
+        cert, key = self.tls_client or (None, None)
         client = grpcclient.InferenceServerClient(
-            self.url, ssl=bool(self.tls_root), root_certificates=self.tls_root or None)
+            self.url, ssl=bool(self.tls_root), root_certificates=self.tls_root or None,
+            certificate_chain=cert, private_key=key)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
