@@ -440,3 +440,44 @@ def test_mutual_tls_server(repo, tmp_path):
         remote.close()
     finally:
         srv.stop()
+
+
+def test_classification_head_is_served_as_logits(tmp_path):
+    """A team-layout classification checkpoint: Triton returns the same logits as torch."""
+    if not (DEFAULT_ENV / ".installed").exists():
+        pytest.skip(f"no local Triton server environment at {DEFAULT_ENV}: run `make triton-env`")
+    import torch
+    from team_fixtures import (
+        build,
+        save_lightning,
+        tiny_config,
+        to_team_keys,
+        training_json,
+        write_json,
+    )
+
+    from mobile_vla_node.export.cli import main
+
+    config = tiny_config(head="classification", head_type="MobileVLAClassificationDecoder",
+                         num_classes=6)
+    state = to_team_keys(build(config).state_dict(), "logits")
+    state["act_head.class_weights_tensor"] = torch.tensor([1.0, 0.5, 2.0, 2.0, 1.0, 1.0])
+    ckpt = save_lightning(tmp_path / "cls.ckpt", state)
+    write_json(tmp_path / "cls.json", training_json("MobileVLAClassificationDecoder",
+                                                    action_dim=6, classification_speed=1.0))
+    assert main(["triton", "--checkpoint", str(ckpt), "--preset", "tiny", "--output",
+                 str(tmp_path / "repo"), "--instance-kind", "cpu"]) == 0
+    local = create_backend(BackendConfig(backend="torch", model_preset="tiny",
+                                         model_path=str(ckpt), warmup_iters=0))
+    local.load()
+    with LocalTriton(tmp_path / "repo", tmp_path / "server") as srv:
+        remote = triton(srv.url)
+        assert remote.spec == local.spec and remote.spec.head == "classification"
+        ids = remote.tokenizer.encode("turn left")
+        history = np.random.default_rng(2).standard_normal(
+            (remote.spec.window_size - 1, remote.spec.feature_dim)).astype(np.float32)
+        _, logits = remote.infer(frames(1)[0], ids, history)
+        _, want = local.infer(frames(1)[0], ids, history)
+        assert logits.shape == (remote.spec.chunk, remote.spec.num_classes)
+        assert np.abs(logits - want).max() < 1e-4
+        remote.close()

@@ -57,6 +57,13 @@ def _fmt(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def output_width(spec) -> int:
+    """Columns of the step model's ``actions``: class logits for a classification head."""
+    if getattr(spec, "head", "regression") == "classification":
+        return int(spec.num_classes)
+    return int(spec.action_dim)
+
+
 def model_names(prefix: str) -> tuple[str, str]:
     """``NAME`` -> (``NAME_encoder``, ``NAME_step``): the two models of one export."""
     return prefix + ENCODER_SUFFIX, prefix + STEP_SUFFIX
@@ -292,7 +299,7 @@ class TritonBackend(InferenceBackend):
                                  "text_ids": ("TYPE_INT64", [-1])},
                                 {"feature": ("TYPE_FP32", [s.feature_dim])}),
             self.step_name: ({"features": ("TYPE_FP32", [-1, s.feature_dim])},
-                             {"actions": ("TYPE_FP32", [s.chunk, s.action_dim])}),
+                             {"actions": ("TYPE_FP32", [s.chunk, output_width(s)])}),
         }
         self.batched = {}
         for name, (inputs, outputs) in want.items():
@@ -437,7 +444,7 @@ class TritonBackend(InferenceBackend):
                              f"{self.spec.window_size}, got {features.shape}")
         window = np.ascontiguousarray(features, dtype=np.float32)[None]
         out = self._request(self.step_name, {"features": window}, "actions", deadline)
-        return np.asarray(out, dtype=np.float32).reshape(self.spec.chunk, self.spec.action_dim)
+        return np.asarray(out, dtype=np.float32).reshape(self.spec.chunk, output_width(self.spec))
 
     def _guarded(self, work):
         """Run ``work(deadline)`` as one step: backoff gate, deadline, failure bookkeeping."""
@@ -473,7 +480,7 @@ class TritonBackend(InferenceBackend):
         return self._guarded(lambda deadline: self._encode(image, text_ids, deadline))
 
     def decode(self, features: np.ndarray) -> np.ndarray:
-        """float32 (T, D) -> float32 (chunk, action_dim) from the server's step model."""
+        """float32 (T, D) -> float32 (chunk, action_dim | num_classes) from the step model."""
         return self._guarded(lambda deadline: self._decode(features, deadline))
 
     # -- statistics ----------------------------------------------------------------------------

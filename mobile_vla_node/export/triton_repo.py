@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.triton_backend import FORMAT_VERSION, PARAM_PREFIX, model_names
+from ..backends.triton_backend import FORMAT_VERSION, PARAM_PREFIX, model_names, output_width
 
 DEFAULT_NAME = "mobile_vla"
 DEFAULT_MAX_BATCH = 8
@@ -50,7 +50,7 @@ def serving_io(spec) -> dict:
                      "text_ids": ("TYPE_INT64", [-1])},
                     {"feature": ("TYPE_FP32", [s.feature_dim])}),
         "step": ({"features": ("TYPE_FP32", [-1, s.feature_dim])},
-                 {"actions": ("TYPE_FP32", [s.chunk, s.action_dim])}),
+                 {"actions": ("TYPE_FP32", [s.chunk, output_width(s)])}),
     }
 
 
