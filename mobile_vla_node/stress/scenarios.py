@@ -423,16 +423,20 @@ def _jump_run(rig: Rig, opts, label: str, jump: float, repeat: int) -> dict:
     time.sleep(opts.jump_drive_s)
     cam_report = cam.stop()
     t_last = cam_report.get("last_publish_t")
+    if t_last is None:
+        out["error"] = f"the camera published nothing: {cam_report.get('error', '')}"
+        out["camera"] = cam_report
+        return out
     wait_end = time.monotonic() + float(params.get("image_timeout_s", 0.5)) + abs(jump) + 3.0
     while time.monotonic() < wait_end:
-        zeros = [t for t in rig.recorder.twists(t_last or 0.0) if analysis.is_zero(t)]
+        zeros = [t for t in rig.recorder.twists(t_last) if analysis.is_zero(t)]
         if zeros:
             break
         time.sleep(0.05)
     time.sleep(0.2)
     out["last_frame_t"] = t_last
     twists = rig.recorder.twists(rig.node_start_t)
-    out.update(analysis.first_zero_after(twists, t_last or 0.0))
+    out.update(analysis.first_zero_after(twists, t_last))
     out["trace_ms"] = [[round((t[0] - t_last) * 1e3, 1), *(round(x, 3) for x in t[1:])]
                        for t in twists if t_last - 0.3 <= t[0] <= t_last + 3.0][:80]
     out["graph_publishers_max"] = rig.recorder.publishers(rig.node_start_t)
