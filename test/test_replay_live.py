@@ -1,6 +1,7 @@
 """vla_replay play against the live node (separate processes): the recording matches eval.
 
-Tolerances: the live node infers after the image arrives (transport + inference, tens of ms on
+The node runs with use_sim_time on the player's /clock at PLAY_RATE (see there). Tolerances: the
+live node infers after the image arrives (transport + inference, tens of ms on
 CPU, more on a loaded CI runner) and its 20 Hz timer is not aligned with eval's bag-time ticks,
 so the same chunk starts up to ~1 tick plus the inference latency later than in eval, and a slow
 step may drop a camera frame (the node keeps only the newest one), which changes the history
@@ -36,6 +37,10 @@ except ImportError:
     HAVE_RCLPY = False
 
 pytestmark = pytest.mark.skipif(not HAVE_RCLPY, reason="rclpy is not importable (no ROS 2)")
+# Sim time at a quarter of wall speed: the node runs on /clock, so a loaded machine's inference
+# delay (measured up to 1.6 s wall at load 10-13) shrinks fourfold in bag time, and frames (5 fps
+# in bag time) arrive 0.8 s apart in wall time, so they are rarely dropped.
+PLAY_RATE = 0.25
 SETTLE_S = 0.5
 SEGMENT_TOL = 0.03
 TICK_TOL = 0.05
@@ -131,7 +136,7 @@ def test_play_enable_false_in_bag_stops_live_node(tmp_path):
             (tmp_path / "node.log").read_text()[-3000:]
         play = subprocess.run(
             [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--record",
-             str(rec), "--wait-for-subscribers", "90"],
+             str(rec), "--wait-for-subscribers", "90", "--rate", str(PLAY_RATE), "--clock"],
             env=env, capture_output=True, text=True, timeout=150)
     finally:
         stop(node)
@@ -163,7 +168,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
     node_log = open(tmp_path / "node.log", "w")
     node = subprocess.Popen(
         [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args", "-p", "backend:=torch",
-         "-p", "model_preset:=tiny", "-p", "warmup_iters:=1"],
+         "-p", "model_preset:=tiny", "-p", "warmup_iters:=1", "-p", "use_sim_time:=true"],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     loop = None
     try:
@@ -174,7 +179,7 @@ def test_play_to_live_node_matches_eval(tmp_path):
             (tmp_path / "node.log").read_text()[-3000:]
         play = subprocess.run(
             [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--record",
-             str(rec), "--wait-for-subscribers", "90"],
+             str(rec), "--wait-for-subscribers", "90", "--rate", str(PLAY_RATE), "--clock"],
             env=env, capture_output=True, text=True, timeout=150)
         assert play.returncode == 0, play.stdout + play.stderr
         assert f"/camera/image_raw {summary['counts']['images']}, /vla/command 2" in play.stdout

@@ -136,7 +136,7 @@ class VlaNode(LifecycleNode):
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        use_ros_time = bool(self.get_parameter("use_sim_time").value)
+        self.use_ros_time = use_ros_time = bool(self.get_parameter("use_sim_time").value)
         self.control_thread = ControlThread(
             period, self._now, self._tick, self._publish_twist, use_ros_time,
             lambda: self.config.control.image_timeout_s, self._on_tick_error)
@@ -158,6 +158,10 @@ class VlaNode(LifecycleNode):
     # -- clock -------------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stats_now(self) -> float:
+        """Time base of rates and jitter: the clock that schedules the ticks."""
+        return self._now() if self.use_ros_time else time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -280,7 +284,7 @@ class VlaNode(LifecycleNode):
                 error = self.inputs.last_input_error
             else:
                 error = None
-                self.stats.image_rate.add(time.monotonic())
+                self.stats.image_rate.add(self._stats_now())
                 transport_ms = (now - stamp) * 1e3 if stamp > 0 else float("nan")
                 if stamp > 0:
                     self.stats.latency["transport"].add(transport_ms)
@@ -360,7 +364,7 @@ class VlaNode(LifecycleNode):
 
     def _on_step(self, meta: ChunkMeta) -> None:
         """A step reached the control loop (called under the lock)."""
-        self.stats.inference_rate.add(time.monotonic())
+        self.stats.inference_rate.add(self._stats_now())
         self.stats.latency["preprocess"].add(meta.preprocess_ms)
         self.stats.latency["inference"].add(meta.inference_ms)
 
@@ -370,8 +374,12 @@ class VlaNode(LifecycleNode):
             now, mono = self._now(), time.monotonic()
             jump = self.guard.check(now, mono) if not stalled else None
             self._ticks += 1
-            self.stats.jitter.tick(mono)
-            self.stats.control_rate.add(mono)
+            if not stalled:
+                # Rate and jitter on the clock that schedules the ticks (ROS time under
+                # use_sim_time); stall ticks are a stop of their own, reported as such.
+                tick_time = self._stats_now()
+                self.stats.jitter.tick(tick_time)
+                self.stats.control_rate.add(tick_time)
             control = self.control
             if control is None:
                 self._last_result = None
@@ -437,7 +445,7 @@ class VlaNode(LifecycleNode):
                                       (info.device if info else cfg.backend.device),
                                       cfg.diagnostics, self.stats, values,
                                       info.warnings if info else [], control_values,
-                                      time.monotonic())
+                                      self._stats_now())
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         for s in statuses:
