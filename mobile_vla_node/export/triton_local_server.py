@@ -141,6 +141,19 @@ class LocalTriton:
     process: subprocess.Popen | None = None
 
     @property
+    def shm_prefix(self) -> str:
+        """Prefix of the Python backend's /dev/shm regions (removed when the server is gone)."""
+        return f"vla{os.getpid()}x{self.grpc_port}x"
+
+    def remove_shm(self) -> None:
+        """Delete this server's shared-memory regions (a killed server cannot)."""
+        for path in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    @property
     def url(self) -> str:
         """The gRPC endpoint, ``localhost:PORT``."""
         return f"localhost:{self.grpc_port}"
@@ -171,8 +184,8 @@ class LocalTriton:
                 "--http-address=127.0.0.1", "--allow-metrics=false",
                 "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
                 f"--backend-config=python,shm-default-byte-size={SHM_BYTES}",
-                f"--backend-config=python,shm-region-prefix-name=vla{os.getpid()}x"
-                f"{self.grpc_port}", *self.extra_args]
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+                *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
@@ -216,6 +229,7 @@ class LocalTriton:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.remove_shm()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``; also reaps the Python-backend stubs."""
@@ -232,6 +246,7 @@ class LocalTriton:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.remove_shm()
 
     def __enter__(self) -> LocalTriton:
         return self.start().wait_ready()
