@@ -35,6 +35,7 @@ def test_a_stall_counts_as_late_ticks_missing_ticks_and_a_gap_over_3_periods():
     assert t["max_gap_periods"] == pytest.approx(5.0)
     assert t["late_ticks"] == 1 and t["gaps_over_3_periods"] == 1
     assert t["missing_ticks"] == 4
+    assert t["worst_gaps"][0] == [0.95, 250.0]
 
 
 def test_silence_at_the_window_edges_counts_as_a_gap_and_lowers_the_rate():

@@ -10,6 +10,7 @@ import math
 
 LATE_FACTOR = 1.5     # an interval longer than this many periods is a late tick
 MAX_GAP_PERIODS = 3   # target: no interval longer than this many periods
+WORST_GAPS = 5        # how many of the longest gaps to locate in the window
 
 
 def is_zero(twist) -> bool:
@@ -51,6 +52,9 @@ def timing(times, period_s: float, t0: float | None = None, t1: float | None = N
         "gaps_over_3_periods": sum(1 for g in gaps if g > MAX_GAP_PERIODS * period_s),
     }
     if gaps:
+        # Where the worst gaps were: [seconds from t0 to the gap's start, gap ms], worst first.
+        worst = sorted(range(len(gaps)), key=lambda i: -gaps[i])[:WORST_GAPS]
+        out["worst_gaps"] = [[round(edges[i] - t0, 3), round(gaps[i] * 1e3, 1)] for i in worst]
         ordered = sorted(gaps)
         out["gap_p99_ms"] = round(ordered[min(len(ordered) - 1,
                                               int(math.ceil(0.99 * len(ordered))) - 1)] * 1e3, 1)

@@ -147,6 +147,9 @@ def _rows(result: dict) -> list:
                      f"{_fmt(w['max_gap_ms'])} ms ({_fmt(w['max_gap_periods'])} periods), "
                      f"late {w['late_ticks']} ({_fmt((w['late_fraction'] or 0) * 100)} %, "
                      f"{_fmt(w['late_per_min'])}/min), >3 periods {w['gaps_over_3_periods']}"))
+    worst = t["whole"].get("worst_gaps") or []
+    rows.append(("worst gaps", ", ".join(f"{ms:.0f} ms at +{at:.1f} s" for at, ms in worst)
+                 + f" (load {t['load']['window_s']:g} s, then tail)"))
     rows.append(("fewest Twists in 1 s", _fmt(t["fewest_in_one_second"])))
     rows.append(("node RSS (MB)", f"before {_fmt(rss.get('before_mb'))}, after "
                                   f"{_fmt(rss.get('after_mb'))} ({_fmt(rss.get('change_pct'))} "
