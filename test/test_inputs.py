@@ -100,3 +100,12 @@ def test_non_instructions_are_rejected_and_counted(rules):
         assert rules.command(text) == "rejected"
     assert rules.counters["rejected_commands"] == 2
     assert "command rejected" in rules.last_input_error
+
+
+def test_inference_failure_clears_the_history(rules):
+    assert rules.command("go to the red box") == "accepted"
+    rules.runtime.history.append(np.zeros(rules.runtime.spec.feature_dim, np.float32))
+    generation = rules.runtime.generation
+    rules.inference_failed(RuntimeError("server lost"))
+    assert len(rules.runtime.history) == 0 and rules.runtime.generation == generation + 1
+    assert rules.runtime.command == "go to the red box"  # the command itself is kept

@@ -170,6 +170,8 @@ class ControlConfig:
                                          0.05, 3600.0, live=True)
     autostart: bool = param(True, "configure and activate the lifecycle node at start-up "
                                   "(false: wait for a lifecycle manager)")
+    control_thread_priority: int = param(10, "SCHED_FIFO priority of the control thread if the "
+                                             "process may set it (0: normal scheduling)", 0, 99)
 
     def __post_init__(self):
         _check_fields(self)

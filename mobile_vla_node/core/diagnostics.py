@@ -135,6 +135,9 @@ def _control_status(name, hw, cfg, stats, control, now):
         "deadline_misses_recent": str(recent_misses),  # over the last recent_misses.span
         "max_tick_gap_ms": f"{stats.jitter.max_gap_s * 1e3:.1f}",
         "clock_jumps": str(control.get("clock_jumps", 0)),
+        "gc_pause_max_ms": str(control.get("gc_pause_max_ms", "n/a")),
+        "control_thread": str(control.get("control_thread", "")),
+        "gc_collections": str(control.get("gc_collections", "n/a")),
         "last_clock_jump": control.get("last_clock_jump", ""),
         "safety_state": "stopped" if control.get("stop_reason") else "moving",
         "stop_reason": control.get("stop_reason") or "",

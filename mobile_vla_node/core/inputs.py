@@ -88,10 +88,15 @@ class InputRules:
         self.last_input_error = str(exc)
 
     def inference_failed(self, exc: Exception) -> None:
-        """The backend raised: counted, and the robot stops until a step succeeds."""
+        """The backend raised: counted, and the robot stops until a step succeeds.
+
+        The history is cleared too: after an outage (a lost Triton server, a device error) the
+        window must not mix frames from before it with the frames after.
+        """
         self.counters["inference_errors"] += 1
         self.control.fault = "inference_error"
         self.last_error = f"{type(exc).__name__}: {exc}"
+        self.runtime.reset()
 
     def step_done(self, result: StepResult | None, now: float, meta: ChunkMeta) -> bool:
         """Hand a finished step's chunk to the control loop; False if it was discarded."""

@@ -22,6 +22,7 @@ tick is in; `publish_now` (the zero of a deactivate) is ordered with the ticks t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,21 @@ import numpy as np
 from ..core.ticks import TickSchedule
 
 ZERO = np.zeros(3)
+
+
+def set_realtime(priority: int) -> str:
+    """SCHED_FIFO at ``priority`` for the calling thread (Linux); what it got, as text.
+
+    Without the privilege (CAP_SYS_NICE or an rtprio limit) the thread keeps normal scheduling:
+    the node still runs, and diagnostics say so.
+    """
+    if priority <= 0:
+        return "normal (control_thread_priority 0)"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError) as exc:
+        return f"normal (SCHED_FIFO {priority} refused: {exc})"
+    return f"SCHED_FIFO {priority}"
 
 
 class ControlThread:
@@ -43,7 +59,7 @@ class ControlThread:
     def __init__(self, period_s: float, ros_now: Callable[[], float],
                  tick: Callable[[bool], np.ndarray], publish: Callable[[np.ndarray], None],
                  use_ros_time: bool, stall_timeout_s: Callable[[], float],
-                 on_error: Callable[[Exception], None] | None = None):
+                 on_error: Callable[[Exception], None] | None = None, priority: int = 0):
         self.period = period_s
         self.ros_now = ros_now
         self.tick = tick
@@ -51,6 +67,8 @@ class ControlThread:
         self.use_ros_time = use_ros_time
         self.stall_timeout_s = stall_timeout_s
         self.on_error = on_error
+        self.priority = priority
+        self.scheduling = "not started"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._publish_lock = threading.Lock()
@@ -106,6 +124,7 @@ class ControlThread:
             self.ticks += 1
 
     def _run(self) -> None:
+        self.scheduling = set_realtime(self.priority)
         if self.use_ros_time:
             self._run_ros_time()
         else:

@@ -37,6 +37,7 @@ from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
 from ..backends import BackendError, create_backend
+from ..core import gc_pauses
 from ..core.commands import CommandFilter
 from ..core.config import PARAMETERS, ConfigError, NodeConfig
 from ..core.control import ChunkMeta, ControlLoop
@@ -110,6 +111,8 @@ class VlaNode(LifecycleNode):
         period = 1.0 / cfg.control.control_rate_hz
         self.stats = NodeStats(cfg.diagnostics.latency_window, period)
         self.guard = ClockGuard(cfg.control.time_jump_threshold_s, cfg.control.image_timeout_s)
+        self.gc_pauses = gc_pauses.GcPauses()
+        self.gc_pauses.install()
         self.command_filter = CommandFilter(cfg.control.stop_phrases,
                                             cfg.control.allowed_instructions)
 
@@ -139,7 +142,8 @@ class VlaNode(LifecycleNode):
         self.use_ros_time = use_ros_time = bool(self.get_parameter("use_sim_time").value)
         self.control_thread = ControlThread(
             period, self._now, self._tick, self._publish_twist, use_ros_time,
-            lambda: self.config.control.image_timeout_s, self._on_tick_error)
+            lambda: self.config.control.image_timeout_s, self._on_tick_error,
+            cfg.control.control_thread_priority)
         if use_ros_time:
             from rclpy.clock import JumpThreshold
             from rclpy.duration import Duration
@@ -171,10 +175,11 @@ class VlaNode(LifecycleNode):
                                f"(preset {cfg.backend.model_preset!r}, device "
                                f"{cfg.backend.device!r})")
         try:
-            backend = create_backend(cfg.backend)
-            backend.load()
-            t0 = time.perf_counter()
-            backend.warmup(cfg.backend.warmup_iters)
+            with gc_pauses.loading():  # no 100+ ms collection pauses now or later
+                backend = create_backend(cfg.backend)
+                backend.load()
+                t0 = time.perf_counter()
+                backend.warmup(cfg.backend.warmup_iters)
         except Exception as exc:  # reported as one line; the node stays unconfigured (zeros)
             self.startup_error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, STARTUP_ERRORS):
@@ -271,6 +276,7 @@ class VlaNode(LifecycleNode):
             self._worker = None
         if backend is not None:
             backend.close()
+            gc_pauses.unfreeze()
         return True
 
     # -- inputs (executor thread: validate, store, return) -----------------------------------
@@ -373,13 +379,17 @@ class VlaNode(LifecycleNode):
         with self._lock:
             now, mono = self._now(), time.monotonic()
             jump = self.guard.check(now, mono) if not stalled else None
+            late = None
             self._ticks += 1
             if not stalled:
                 # Rate and jitter on the clock that schedules the ticks (ROS time under
                 # use_sim_time); stall ticks are a stop of their own, reported as such.
                 tick_time = self._stats_now()
+                last_tick = self.stats.jitter.last
                 self.stats.jitter.tick(tick_time)
                 self.stats.control_rate.add(tick_time)
+                if last_tick is not None and tick_time - last_tick > 3 * self.stats.jitter.period:
+                    late = (tick_time - last_tick, self.gc_pauses.max_ms)
             control = self.control
             if control is None:
                 self._last_result = None
@@ -394,6 +404,10 @@ class VlaNode(LifecycleNode):
                 self.stats.latency["end_to_end"].add(e2e_ms)
         if jump:
             self.get_logger().warning(f"{jump}: stopped until fresh input")
+        if late is not None:
+            self.get_logger().warning(f"control tick {late[0] * 1e3:.0f} ms after the previous "
+                                      f"one (longest GC pause so far {late[1]:.1f} ms)",
+                                      throttle_duration_sec=1.0)
         if meta is not None:
             timing = Float64MultiArray()
             timing.layout.dim = [MultiArrayDimension(label=",".join(TIMING_LABELS),
@@ -429,6 +443,9 @@ class VlaNode(LifecycleNode):
             control_values = {
                 "lifecycle": self.lifecycle, "stop_reason": reason, "ticks": self._ticks,
                 "clock_jumps": self.guard.jumps,
+                "gc_pause_max_ms": round(self.gc_pauses.max_ms, 1),
+                "control_thread": self.control_thread.scheduling,
+                "gc_collections": self.gc_pauses.count,
                 "command": self.runtime.command if self.runtime else None,
                 "enabled": control.enabled if control else None,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
