@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 TRITON_PYTHON ?= /usr/bin/python3
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
-# Keep all DDS traffic on loopback; pick another domain with `make demo ROS_DOMAIN_ID=7`.
-ROS_DOMAIN_ID ?= 77
+# Keep all DDS traffic on loopback. The demos run in domain 77 (`make demo ROS_DOMAIN_ID=7`); the
+# tests reserve free domains of their own (test/conftest.py), so two runs never cross-talk.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_LOCALHOST_ONLY := 1
-export ROS_DOMAIN_ID
+demo triton-demo: export ROS_DOMAIN_ID ?= 77
 # Camera-sized frames between processes (see config/fastdds_large_images.xml).
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 

@@ -1,11 +1,42 @@
-"""Test session set-up: DDS stays on loopback, in a per-run domain."""
+"""Test session set-up: DDS stays on loopback, in two domains of this run's own."""
 
+import fcntl
 import os
+import tempfile
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-# Per-run domain (0..101 avoids Linux ephemeral-port clashes); a CI job may pin it.
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# Domains 1..101 only (higher ids map onto Linux ephemeral ports and can clash); 54 and 77 are
+# the defaults of vla_stress and the demo.
+FREE_DOMAINS = [d for d in range(1, 102) if d not in (54, 77)]
+_domain_locks = []
+
+
+def _reserve_domain(skip=()) -> int:
+    """A domain no other test run on this machine holds (a lock file, kept until exit)."""
+    start = os.getpid() % len(FREE_DOMAINS)
+    for i in range(len(FREE_DOMAINS)):
+        domain = FREE_DOMAINS[(start + i) % len(FREE_DOMAINS)]
+        if domain in skip:
+            continue
+        path = os.path.join(tempfile.gettempdir(), f"mobile_vla_node_test_domain_{domain}.lock")
+        handle = open(path, "w")  # noqa: SIM115 - held for the life of the test run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _domain_locks.append(handle)
+        return domain
+    raise RuntimeError("no free ROS domain for this test run")
+
+
+# Two runs of the suite side by side never share a domain; a CI job may pin the first.
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(_reserve_domain())
+if "VLA_TEST_OTHER_DOMAIN" not in os.environ:
+    os.environ["VLA_TEST_OTHER_DOMAIN"] = str(
+        _reserve_domain(skip=(int(os.environ["ROS_DOMAIN_ID"]),)))
 # Camera-sized frames need the large-image Fast DDS profile (see config/fastdds_large_images.xml).
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
                       os.path.join(os.path.dirname(__file__), "..", "config",

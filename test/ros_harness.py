@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def other_domain() -> int:
-    """A second domain id for a test whose node must not see the module's shared node."""
-    # Within 1..101: higher ids map onto Linux ephemeral ports and can clash.
-    return (int(os.environ.get("ROS_DOMAIN_ID", "0")) + 50) % 101 + 1
+    """This run's second domain (test/conftest.py), for a node that must not see the module's
+    shared node."""
+    return int(os.environ["VLA_TEST_OTHER_DOMAIN"])
 
 
 def ros_env(domain: int | None = None) -> dict:

@@ -49,7 +49,7 @@ TICK_FRACTION = 0.85
 
 def ros_env() -> dict:
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1",
-               ROS_DOMAIN_ID=str(100 + os.getpid() % 100), PYTHONUNBUFFERED="1")
+               ROS_DOMAIN_ID=os.environ["VLA_TEST_OTHER_DOMAIN"], PYTHONUNBUFFERED="1")
     env.pop("ROS_STATIC_PEERS", None)
     return env
 

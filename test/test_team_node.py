@@ -8,11 +8,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from ros_harness import Probe, rgb_image_msg, start_node, stop_process
+from ros_harness import Probe, other_domain, rgb_image_msg, start_node, stop_process
 from team_fixtures import CHUNK, build, save_lightning, tiny_config, to_team_keys, training_json
 from team_fixtures import write_json as write_config
 
-DOMAIN = 52
 TABLE = "0,0,0; 0.3,0,0; 0,0.25,0; 0,-0.25,0; 0.2,0.2,0; 0.2,-0.2,0"
 EVENT_TIMEOUT = 90.0
 
@@ -38,8 +37,9 @@ def test_node_publishes_the_configured_class_velocity(classifier, tmp_path):
               "class_velocities": TABLE, "max_accel_x": 0.0, "max_accel_y": 0.0,
               "max_accel_z": 0.0, "action_timeout_s": 2.0, "image_timeout_s": 1.0}
     log = tmp_path / "node.log"
-    proc = start_node(params, log_path=log, domain=DOMAIN)
-    probe = Probe("team_probe", domain=DOMAIN)
+    domain = other_domain()
+    proc = start_node(params, log_path=log, domain=domain)
+    probe = Probe("team_probe", domain=domain)
     stop = threading.Event()
 
     def camera():
