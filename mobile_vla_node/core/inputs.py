@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from ..model.tokenizer import CommandError
-from .commands import CommandFilter
+from .commands import CommandFilter, Verdict
 from .control import ChunkMeta, ControlLoop
 from .preprocess import ImageError, validate_message
 from .runtime import PolicyRuntime, StepResult
@@ -44,7 +44,11 @@ class InputRules:
         if text == self._last_text:
             return "unchanged"
         self._last_text = text
-        verdict = self.command_filter.check(text)
+        if len(text) > self.runtime.max_command_chars:  # before any per-character work
+            verdict = Verdict("reject", f"{len(text)} characters (limit "
+                                        f"{self.runtime.max_command_chars}, max_command_chars)")
+        else:
+            verdict = self.command_filter.check(text)
         if verdict.action == "stop":
             self.runtime.clear_command()
             self.control.on_command(False, stop=True)
