@@ -34,6 +34,8 @@ OVERRIDES = (
     ("backend", "inference backend: torch, onnx, tensorrt, triton or null"),
     ("model_preset", "policy preset (tiny, small, mobile-vla-kosmos2, ...)"),
     ("model_path", "checkpoint/folder (torch), .onnx (onnx) or .engine (tensorrt)"),
+    ("model_config", "the team's JSON training config beside a RoboVLMs checkpoint"),
+    ("backbone_path", "local Kosmos-2 folder (weights + tokenizer)"),
     ("device", "cpu, cuda or cuda:N"),
     ("image_topic", "sensor_msgs/Image camera topic"),
     ("compressed_image_topic", "sensor_msgs/CompressedImage camera topic"),

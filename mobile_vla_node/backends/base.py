@@ -90,6 +90,24 @@ class ModelSpec:
                    pc.resize_filter, pc.image_norm)
 
 
+def check_encoder_inputs(spec: ModelSpec, image: np.ndarray, text_ids: np.ndarray,
+                         max_text_len: int | None, encoder: str) -> np.ndarray:
+    """Check a model-size uint8 image and the prompt ids for ``encoder`` (named in errors).
+
+    Returns the ids as contiguous int64 (1, L). ``max_text_len``: the export's fixed
+    positional table, if it has one.
+    """
+    size = spec.image_size
+    if image.shape != (size, size, 3) or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 ({size}, {size}, 3), got {image.dtype} "
+                         f"{image.shape}")
+    ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
+    if max_text_len is not None and ids.shape[1] > max_text_len:
+        raise ValueError(f"prompt has {ids.shape[1]} ids; the {encoder} accepts at most "
+                         f"{max_text_len} (its positional table is fixed)")
+    return ids
+
+
 class InferenceBackend(ABC):
     """Load once, warm up, then `infer` per frame; `close` releases device memory."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend
+from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs
 from .onnx_format import (
     ENCODER_INPUTS,
     STEP_INPUTS,
@@ -188,14 +188,8 @@ class OnnxBackend(InferenceBackend):
 
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
         """uint8 (S, S, 3) + int64 (L,) -> float32 (D,)."""
-        size = self.spec.image_size
-        if image.shape != (size, size, 3) or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 ({size}, {size}, 3), got {image.dtype} "
-                             f"{image.shape}")
-        ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
-        if self.max_text_len is not None and ids.shape[1] > self.max_text_len:
-            raise ValueError(f"prompt has {ids.shape[1]} ids; the exported encoder accepts at "
-                             f"most {self.max_text_len} (its positional table is fixed)")
+        ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
+                                   "exported encoder")
         feeds = {"image": np.ascontiguousarray(image)[None], "text_ids": ids}
         binding = self._bind.get("encoder")
         if binding is None:

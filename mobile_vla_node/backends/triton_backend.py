@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core.timing import LatencyWindow
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend
+from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs
 from .onnx_format import ExportFormatError, model_spec_from_metadata
 
 TRITON_INSTALL = "pip install 'tritonclient[grpc]' (requirements.txt pins it)"
@@ -424,14 +424,8 @@ class TritonBackend(InferenceBackend):
         return out
 
     def _encode(self, image: np.ndarray, text_ids: np.ndarray, deadline: float) -> np.ndarray:
-        size = self.spec.image_size
-        if image.shape != (size, size, 3) or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 ({size}, {size}, 3), got {image.dtype} "
-                             f"{image.shape}")
-        ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
-        if self.max_text_len is not None and ids.shape[1] > self.max_text_len:
-            raise ValueError(f"prompt has {ids.shape[1]} ids; the served encoder accepts at "
-                             f"most {self.max_text_len}")
+        ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
+                                   "served encoder")
         out = self._request(self.encoder_name, {"image": np.ascontiguousarray(image)[None],
                                                 "text_ids": ids}, "feature", deadline)
         return np.asarray(out, dtype=np.float32).reshape(-1)
