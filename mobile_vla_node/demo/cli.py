@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.timing import latency_summary
-from ..ros.process import loopback_env
+from ..ros.process import loopback_env, node_argv
 
 SETTLE_S = 0.6  # ignore this long after each command change when scoring actions
 
@@ -223,34 +223,54 @@ def print_summary(s: dict, final_twist) -> None:
     print(f"after shutdown : last Twist {final_twist}")
 
 
+def start_node(params: dict, log: Path, env: dict) -> subprocess.Popen:
+    """The node as its own process with ``params``; its output goes to ``log``."""
+    print(f"starting node (log: {log}) on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, loopback only")
+    with open(log, "w") as out:
+        return subprocess.Popen(node_argv(params), stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def drive(driver: DemoDriver, proc: subprocess.Popen, log: Path, args):
+    """Wait until the node is active, then drive it.
+
+    Returns (start, twists, diagnostics), or None if the node never became ready.
+    """
+    if not driver.wait_ready(proc, args.startup_timeout):
+        print("node did not start; its log:\n" + log.read_text()[-3000:], file=sys.stderr)
+        return None
+    print(f"node ready; driving {args.duration:g} s of synthetic scenes at {args.fps:g} fps")
+    start = driver.drive(args.duration)
+    time.sleep(0.5)
+    with driver.lock:
+        return start, list(driver.twists), dict(driver.diagnostics)
+
+
+def stop(driver: DemoDriver, proc: subprocess.Popen):
+    """SIGINT the node as Ctrl-C does; the last Twist it published (a list), once it exited."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=15)
+    time.sleep(0.3)
+    with driver.lock:
+        return driver.twists[-1][3].tolist() if driver.twists else None
+
+
 def main(argv=None) -> int:
     """Run the demo; exit 0 when the node ran, answered and stopped with a zero Twist."""
     args = _parse(argv)
     env = loopback_env()
     log = Path(tempfile.mkdtemp(prefix="vla_demo_")) / "node.log"
-    cmd = [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args",
-           "-p", f"backend:={args.backend}", "-p", f"control_rate_hz:={args.control_rate_hz}"]
+    params = {"backend": args.backend, "control_rate_hz": args.control_rate_hz}
     if args.model_path:
-        cmd += ["-p", f"model_path:={args.model_path}"]
-    print(f"starting node (log: {log}) on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, loopback only")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        params["model_path"] = args.model_path
+    proc = start_node(params, log, env)
     driver = DemoDriver(args)
     code = 1
     try:
-        if not driver.wait_ready(proc, args.startup_timeout):
-            print("node did not start; its log:\n" + log.read_text()[-3000:], file=sys.stderr)
+        driven = drive(driver, proc, log, args)
+        if driven is None:
             return 1
-        print(f"node ready; driving {args.duration:g} s of synthetic scenes at {args.fps:g} fps")
-        start = driver.drive(args.duration)
-        time.sleep(0.5)
-        with driver.lock:
-            twists, diagnostics = list(driver.twists), dict(driver.diagnostics)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
-        time.sleep(0.3)
-        with driver.lock:
-            final = driver.twists[-1][3].tolist() if driver.twists else None
+        start, twists, diagnostics = driven
+        final = stop(driver, proc)
         summary = summarize(twists, start, diagnostics, args.control_rate_hz)
         summary["final_twist"] = final
         summary["node_exit_code"] = proc.returncode

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +24,7 @@ import numpy as np
 
 from ..export.triton_local_server import DEFAULT_ENV, LocalTriton, ServerError
 from ..ros.process import loopback_env
-from .cli import DemoDriver, print_summary, summarize
+from .cli import DemoDriver, drive, print_summary, start_node, stop, summarize
 
 TRITON_KEYS = ("triton_rtt_p50_ms", "triton_rtt_p99_ms", "triton_server_request_ms",
                "triton_server_queue_ms", "triton_server_compute_ms", "triton_network_ms",
@@ -174,25 +172,18 @@ def main(argv=None) -> int:
         return 2
     print(f"tritonserver ready on {server.url} (log: {server.log_path})")
     log = work / "node.log"
-    cmd = [sys.executable, "-m", "mobile_vla_node.ros.main", "--ros-args",
-           "-p", "backend:=triton", "-p", f"triton_url:={server.url}",
-           "-p", f"triton_timeout_ms:={args.timeout_ms}", "-p", "triton_reconnect_max_s:=0.5",
-           "-p", f"control_rate_hz:={args.control_rate_hz}", "-p", "diagnostics_period_s:=0.25"]
-    print(f"starting node (log: {log}) on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, loopback only")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = start_node({"backend": "triton", "triton_url": server.url,
+                       "triton_timeout_ms": args.timeout_ms, "triton_reconnect_max_s": 0.5,
+                       "control_rate_hz": args.control_rate_hz, "diagnostics_period_s": 0.25},
+                      log, env)
     driver = DemoDriver(args)
     recorder = StatusRecorder(driver)
     code = 1
     try:
-        if not driver.wait_ready(proc, args.startup_timeout):
-            print("node did not start; its log:\n" + log.read_text()[-3000:], file=sys.stderr)
+        driven = drive(driver, proc, log, args)
+        if driven is None:
             return 1
-        print(f"node ready; driving {args.duration:g} s of synthetic scenes at {args.fps:g} fps")
-        start = driver.drive(args.duration)
-        time.sleep(0.5)
-        with driver.lock:
-            twists, diagnostics = list(driver.twists), dict(driver.diagnostics)
+        start, twists, diagnostics = driven
         summary = summarize(twists, start, diagnostics, args.control_rate_hz)
         summary["triton"] = triton_figures(diagnostics)
 
@@ -220,11 +211,7 @@ def main(argv=None) -> int:
         phase.join(timeout=5.0)
         outage = outage_report(twists, killed, back, recorder.statuses)
         summary["outage"] = outage
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
-        time.sleep(0.3)
-        with driver.lock:
-            final = driver.twists[-1][3].tolist() if driver.twists else None
+        final = stop(driver, proc)
         summary["final_twist"] = final
         summary["node_exit_code"] = proc.returncode
         print_summary(summary, final)
