@@ -116,3 +116,25 @@ def test_gc_loading_freezes_and_restores_automatic_collection():
     gc.collect()
     pauses.uninstall()
     assert pauses.count >= 1 and pauses.max_ms >= 0.0
+
+
+def test_shutdown_request_records_signals_and_ignores_later_ones():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, time\n"
+        "from mobile_vla_node.ros.shutdown import ShutdownRequest\n"
+        "r = ShutdownRequest(); r.install()\n"
+        "os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.05)\n"
+        "assert r.is_set() and r.signals == [signal.SIGINT, signal.SIGTERM], r.signals\n"
+        "r.ignore_further()\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.05)\n"
+        "print('alive')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "alive" in out.stdout, out.stderr

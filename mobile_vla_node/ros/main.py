@@ -4,7 +4,7 @@ Shutdown, whatever asked for it (SIGINT, SIGTERM, a second or third signal, the 
 ``shutdown`` transition, a fatal error), runs once and in this order:
 
 1. the control thread stops and no policy Twist can be published any more;
-2. three zero Twists go out;
+2. three zero Twists go out, and further signals are ignored from here on;
 3. the inference worker is joined within a bound (its measured p99, at most 30 s);
 4. the backend is closed, the node destroyed, rclpy shut down. Exit code 0 (2 for a start-up
    error, with one ``FATAL`` line on stderr).
@@ -86,6 +86,7 @@ def main(args=None) -> int:
             executor.spin_once(timeout_sec=SPIN_SLICE_S)
     except ExternalShutdownException:
         pass
+    request.ignore_further()
     node.publish_zeros()
     if starter is not None and starter.is_alive():
         # Still loading the model (no policy Twist was ever published): loading cannot be

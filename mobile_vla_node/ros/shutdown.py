@@ -31,6 +31,16 @@ class ShutdownRequest:
         self.signals.append(signum)
         self.event.set()
 
+    def ignore_further(self) -> None:
+        """From now on SIGINT/SIGTERM are ignored (SIG_IGN).
+
+        Called once the shutdown sequence starts: Python resets its own handlers to the default
+        while the interpreter finalizes, so a late second or third Ctrl-C would otherwise kill
+        the process (exit -2) after a clean shutdown (measured: 1 of 60 triple-SIGINT runs).
+        """
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
     def request(self) -> None:
         """Ask for shutdown from code (lifecycle shutdown transition)."""
         self.event.set()
