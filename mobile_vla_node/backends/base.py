@@ -108,6 +108,16 @@ def check_encoder_inputs(spec: ModelSpec, image: np.ndarray, text_ids: np.ndarra
     return ids
 
 
+def check_window(spec: ModelSpec, features: np.ndarray) -> np.ndarray:
+    """Check a (T, D) feature window (1 <= T <= window_size); return it as float32 (1, T, D)."""
+    t = features.shape[0]
+    if features.ndim != 2 or features.shape[1] != spec.feature_dim or not (
+            1 <= t <= spec.window_size):
+        raise ValueError(f"features must be (T, {spec.feature_dim}) with 1 <= T <= "
+                         f"{spec.window_size}, got {features.shape}")
+    return np.ascontiguousarray(features, dtype=np.float32)[None]
+
+
 class InferenceBackend(ABC):
     """Load once, warm up, then `infer` per frame; `close` releases device memory."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs
+from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs, check_window
 from .onnx_format import (
     ENCODER_INPUTS,
     STEP_INPUTS,
@@ -198,12 +198,7 @@ class OnnxBackend(InferenceBackend):
 
     def decode(self, features: np.ndarray) -> np.ndarray:
         """float32 (T, D) -> float32 (chunk, action_dim)."""
-        t = features.shape[0]
-        if features.ndim != 2 or features.shape[1] != self.spec.feature_dim or not (
-                1 <= t <= self.spec.window_size):
-            raise ValueError(f"features must be (T, {self.spec.feature_dim}) with 1 <= T <= "
-                             f"{self.spec.window_size}, got {features.shape}")
-        window = np.ascontiguousarray(features, dtype=np.float32)[None]
+        window = check_window(self.spec, features)
         binding = self._bind.get("step")
         if binding is None:
             feeds = {"features": window, "h0": self._zero_h, "c0": self._zero_h}

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core.timing import LatencyWindow
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs
+from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs, check_window
 from .onnx_format import ExportFormatError, model_spec_from_metadata
 
 TRITON_INSTALL = "pip install 'tritonclient[grpc]' (requirements.txt pins it)"
@@ -431,12 +431,7 @@ class TritonBackend(InferenceBackend):
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def _decode(self, features: np.ndarray, deadline: float) -> np.ndarray:
-        t = features.shape[0]
-        if features.ndim != 2 or features.shape[1] != self.spec.feature_dim or not (
-                1 <= t <= self.spec.window_size):
-            raise ValueError(f"features must be (T, {self.spec.feature_dim}) with 1 <= T <= "
-                             f"{self.spec.window_size}, got {features.shape}")
-        window = np.ascontiguousarray(features, dtype=np.float32)[None]
+        window = check_window(self.spec, features)
         out = self._request(self.step_name, {"features": window}, "actions", deadline)
         return np.asarray(out, dtype=np.float32).reshape(self.spec.chunk, output_width(self.spec))
 
