@@ -5,8 +5,8 @@ the schedule skips the missed deadlines, keeps its phase and counts them.
 
 `ClockGuard`: compares how far ROS time and the steady clock moved between two ticks. ROS time
 running backwards (any amount) or running ahead of the steady clock by more than a threshold is a
-jump; the caller stops the robot until fresh input arrives (`ControlLoop.on_clock_jump`). ROS
-time that does not move at all for too long (a paused or dead ``/clock``) is a stall.
+jump; the caller stops the robot until fresh input arrives (`ControlLoop.on_clock_jump`). (ROS
+time that does not move at all, a paused ``/clock``, is handled by the control thread's schedule.)
 """
 
 from __future__ import annotations
@@ -51,14 +51,12 @@ class TickSchedule:
 
 
 class ClockGuard:
-    """Detects ROS-time jumps and stalls against a steady (monotonic) clock."""
+    """Detects ROS-time jumps against a steady (monotonic) clock."""
 
-    def __init__(self, jump_threshold_s: float = 1.0, stall_timeout_s: float = 0.5):
+    def __init__(self, jump_threshold_s: float = 1.0):
         self.jump_threshold_s = jump_threshold_s
-        self.stall_timeout_s = stall_timeout_s
         self.last_ros: float | None = None
         self.last_steady: float | None = None
-        self.last_advance_steady: float | None = None
         self.jumps = 0
 
     def check(self, ros_now: float, steady_now: float) -> str | None:
@@ -72,14 +70,7 @@ class ClockGuard:
             elif d_ros - d_steady > self.jump_threshold_s:
                 jump = (f"ROS time jumped ahead {d_ros:.3f} s in {d_steady:.3f} s of steady "
                         "time")
-        if self.last_ros is None or ros_now != self.last_ros:
-            self.last_advance_steady = steady_now
         self.last_ros, self.last_steady = ros_now, steady_now
         if jump:
             self.jumps += 1
         return jump
-
-    def stalled(self, steady_now: float) -> bool:
-        """True when ROS time has not moved for longer than the stall timeout."""
-        return (self.last_advance_steady is not None and
-                steady_now - self.last_advance_steady > self.stall_timeout_s)

@@ -110,7 +110,7 @@ class VlaNode(LifecycleNode):
         self._held_enable: bool | None = None
         period = 1.0 / cfg.control.control_rate_hz
         self.stats = NodeStats(cfg.diagnostics.latency_window, period)
-        self.guard = ClockGuard(cfg.control.time_jump_threshold_s, cfg.control.image_timeout_s)
+        self.guard = ClockGuard(cfg.control.time_jump_threshold_s)
         self.gc_pauses = gc_pauses.GcPauses()
         self.gc_pauses.install()
         self.command_filter = CommandFilter(cfg.control.stop_phrases,
@@ -485,7 +485,6 @@ class VlaNode(LifecycleNode):
             self.command_filter.configure(new.control.stop_phrases,
                                           new.control.allowed_instructions)
             self.guard.jump_threshold_s = new.control.time_jump_threshold_s
-            self.guard.stall_timeout_s = new.control.image_timeout_s
             if self.control is not None:
                 self.control.configure(new.control, new.safety)
                 self.runtime.post.update(new.action)
