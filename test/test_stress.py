@@ -225,6 +225,69 @@ def test_finish_writes_json_with_targets_and_notes(tmp_path):
     assert "PASS  twist_rate_hz" in table and "node RSS" in table
 
 
+# -- soak -----------------------------------------------------------------------------------------
+def test_windows_rate_each_window_and_drop_a_short_last_one():
+    times = ticks(0.0, 200) + ticks(10.0, 100, 0.1)  # 20 Hz for 10 s, then 10 Hz
+    out = analysis.windows(times, PERIOD, 0.0, 24.0, window_s=10.0)
+    assert [w["index"] for w in out] == [0, 1]  # the 4 s rest is under half a window
+    assert out[0]["twists"] == 200 and out[1]["twists"] == 100
+    assert out[0]["late_ticks"] == 0 and out[1]["late_ticks"] == 100
+    assert out[1]["start_s"] == 10.0
+    assert len(analysis.windows(times, PERIOD, 0.0, 26.0, window_s=10.0)) == 3
+    with pytest.raises(ValueError, match="window_s"):
+        analysis.windows(times, PERIOD, 0.0, 1.0, window_s=0.0)
+
+
+def test_rss_growth_uses_edge_medians_and_a_least_squares_slope():
+    samples = [(float(t), 500.0 + t, 0.0) for t in range(0, 121)]  # +1 MB/s
+    samples[60] = (60.0, 9000.0, 0.0)  # one wild sample
+    samples[1] = (1.0, 9000.0, 0.0)  # in the head: the median ignores it
+    out = analysis.rss_growth(samples, 0.0, 120.0, edge_s=10.0)
+    assert out["start_mb"] == 506.0 and out["end_mb"] == 615.0  # medians of 11 samples each
+    assert out["growth_pct"] == pytest.approx(109 / 506 * 100, abs=0.01)
+    assert out["peak_mb"] == 9000.0 and out["samples"] == 121
+    flat = analysis.rss_growth([(float(t), 400.0, 0.0) for t in range(100)], 10.0, 90.0)
+    assert flat["growth_pct"] == 0.0 and flat["slope_mb_per_min"] == 0.0
+    assert "growth_pct" not in analysis.rss_growth([(1.0, 400.0, 0.0)], 0.0, 10.0)
+
+
+def soak_result(times, rss_growth):
+    result = load_result("soak", times=times)
+    t1 = max(times)
+    samples = [(t, 500.0 + rss_growth / 100 * 500.0 * t / t1, 0.0) for t in range(int(t1) + 1)]
+    result["soak"] = {"window_s": 5.0, "warmup_s": 0.0, "load_avg": [[0.0, 3.0, 2.0, 1.0]],
+                      "windows": analysis.windows(times, PERIOD, 0.0, t1, 5.0),
+                      "rss_after_warmup": analysis.rss_growth(samples, 0.0, t1, edge_s=1.0)}
+    return result
+
+
+def test_soak_targets_every_window_on_rate_and_rss_growth_after_warmup():
+    good = soak_result(ticks(0.0, 401), 1.0)
+    assert by_name(report.evaluate(good)) == {
+        "twist_rate_hz": True, "max_gap_ms": True, "min_window_rate_hz": True,
+        "rss_growth_after_warmup_pct": True}
+    # Whole-run rate 19.5 Hz, but the third window of 5 s has 10 Hz: that window fails.
+    times = ticks(0.0, 200) + ticks(10.0, 50, 0.1) + ticks(15.0, 101)
+    bad = soak_result(times, 6.0)
+    targets = by_name(report.evaluate(bad))
+    assert targets["min_window_rate_hz"] is False
+    assert targets["rss_growth_after_warmup_pct"] is False
+    no_windows = soak_result(ticks(0.0, 401), 1.0)
+    no_windows["soak"]["windows"] = []
+    assert by_name(report.evaluate(no_windows))["min_window_rate_hz"] is False
+    table = report.render(dict(good, targets=report.evaluate(good), notes=[]))
+    assert "window 4 (+15 s)" in table and "RSS after 0 s warm-up" in table
+
+
+def test_soak_arguments_are_checked():
+    args = parse_args(["soak", "--minutes", "0.2", "--warmup-min", "0.05", "--window-s", "3"])
+    assert args.minutes == 0.2 and args.window_s == 3.0 and args.warmup_min == 0.05
+    with pytest.raises(SystemExit):
+        parse_args(["soak", "--minutes", "5"])  # warm-up (5 min) not shorter than the soak
+    with pytest.raises(SystemExit):
+        parse_args(["soak", "--window-s", "0"])
+
+
 # -- command line and load generators -------------------------------------------------------------
 def test_parse_args_all_means_everything_but_soak_and_params_are_typed():
     args = parse_args(["all", "--param", "control_rate_hz=30", "--param", "use_sim_time=true",
@@ -267,3 +330,23 @@ def test_smoke_command_100hz_null_backend(tmp_path):
     assert "=== vla_stress command-100hz ===" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert "command-100hz" in summary
+
+
+def test_smoke_soak_null_backend(tmp_path):
+    """A 12 s soak in 3 s windows with the null backend: windows, load samples, RSS, JSON."""
+    pytest.importorskip("rclpy")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mobile_vla_node.stress.cli", "soak", "--backend", "null",
+           "--minutes", "0.2", "--window-s", "3", "--warmup-min", "0.05", "--no-fail",
+           "--domain", os.environ.get("ROS_DOMAIN_ID", "54"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "soak.json").read_text())
+    soak = data["soak"]
+    assert [w["index"] for w in soak["windows"]] == [0, 1, 2, 3]
+    assert all(w["twists"] > 0 for w in soak["windows"])
+    assert len(soak["load_avg"]) >= 4 and soak["warmup_s"] == 3.0
+    assert soak["rss_after_warmup"]["samples"] > 0
+    assert {t["target"] for t in data["targets"]} == {
+        "twist_rate_hz", "max_gap_ms", "min_window_rate_hz", "rss_growth_after_warmup_pct"}
+    assert proc.stdout.count("  soak +") >= 4 and "window 4 (+9 s)" in proc.stdout

@@ -194,3 +194,66 @@ def publish_summary(times, nominal_hz: float) -> dict:
         intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
         out["max_interval_ms"] = round(max(intervals) * 1e3, 1)
     return out
+
+
+def windows(times, period_s: float, t0: float, t1: float, window_s: float = 60.0) -> list:
+    """`timing` of each consecutive ``window_s`` of ``[t0, t1]`` (soak: rate per minute).
+
+    Windows are half-open (a Twist on a border counts in the later one); a last partial window
+    shorter than half of ``window_s`` is left out (too short to rate).
+    Each entry has ``index`` and ``start_s`` (seconds from ``t0``) besides `timing`'s keys.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s {window_s!r} must be > 0")
+    times = sorted(times)
+    out, k = [], 0
+    while True:
+        a = t0 + k * window_s
+        b = min(a + window_s, t1)
+        if b - a < 0.5 * window_s or a >= t1:
+            break
+        last = b >= t1
+        w = timing([t for t in times if a <= t and (t < b or (last and t <= b))], period_s, a, b)
+        w.pop("worst_gaps", None)
+        out.append({"index": k, "start_s": round(a - t0, 3), **w})
+        k += 1
+    return out
+
+
+def rss_growth(samples, t_from: float, t_to: float, edge_s: float = 30.0) -> dict:
+    """RSS growth over ``[t_from, t_to]`` (soak: after the warm-up), robust to single samples.
+
+    ``start_mb``/``end_mb`` are medians of the samples in the first and last ``edge_s`` of the
+    window (at most a quarter of it each); ``growth_pct`` is end against start.
+    ``slope_mb_per_min`` is the least-squares slope of all samples in the window,
+    ``projected_mb_per_h`` that slope times 60.
+    """
+    inside = [(t, rss) for t, rss, *_ in samples if t_from <= t <= t_to]
+    out: dict = {"samples": len(inside), "window_s": round(max(t_to - t_from, 0.0), 1)}
+    if len(inside) < 2:
+        return out
+    edge = min(edge_s, (t_to - t_from) / 4.0)
+
+    def median(values):
+        values = sorted(values)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+    head = [r for t, r in inside if t <= t_from + edge] or [inside[0][1]]
+    tail = [r for t, r in inside if t >= t_to - edge] or [inside[-1][1]]
+    start, end = median(head), median(tail)
+    n = len(inside)
+    mt = sum(t for t, _ in inside) / n
+    mr = sum(r for _, r in inside) / n
+    var = sum((t - mt) ** 2 for t, _ in inside)
+    slope = sum((t - mt) * (r - mr) for t, r in inside) / var if var > 0 else 0.0
+    out.update({
+        "edge_s": round(edge, 1),
+        "start_mb": round(start, 1),
+        "end_mb": round(end, 1),
+        "peak_mb": round(max(r for _, r in inside), 1),
+        "growth_pct": round((end - start) / start * 100.0, 2) if start else None,
+        "slope_mb_per_min": round(slope * 60.0, 3),
+        "projected_mb_per_h": round(slope * 3600.0, 1),
+    })
+    return out

@@ -11,7 +11,8 @@ checked (PASS/FAIL) and the exit code is 1 if any fails (``--no-fail``: report o
   malformed-flood  malformed frames and commands mixed with good ones; RSS before/after
   signals          --runs starts, each SIGINT/SIGTERM (single, double, triple) while driving
   clock-jump       use_sim_time; the camera stops and /clock jumps back/forward 10 s (or not)
-  soak             --minutes of normal driving
+  soak             --minutes of normal driving: rate per --window-s, gaps, late ticks, load
+                   average, RSS growth after --warmup-min
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tail", type=float, default=5.0,
                    help="seconds measured after the load stops (recovery; RSS after the flood)")
     p.add_argument("--minutes", type=float, default=10.0, help="soak length")
+    p.add_argument("--window-s", type=float, default=60.0,
+                   help="soak: rate, gaps and late ticks per window of this many seconds")
+    p.add_argument("--warmup-min", type=float, default=5.0,
+                   help="soak: RSS growth is judged after this many minutes")
     p.add_argument("--runs", type=int, default=100, help="signals: node starts, one signal "
                    "pattern each (SIGINT, SIGTERM, doubles 5-60 ms apart, triple), in turn")
     p.add_argument("--max-signal-delay", type=float, default=1.5,
@@ -78,6 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-fail", action="store_true", help="exit 0 even if a target fails")
     args = p.parse_args(argv)
     args.params = dict(args.params)
+    if args.window_s <= 0:
+        p.error(f"--window-s must be > 0, got {args.window_s:g}")
+    if "soak" in args.scenarios and not 0 <= args.warmup_min < args.minutes:
+        p.error(f"soak: --warmup-min ({args.warmup_min:g}) must be >= 0 and shorter than "
+                f"--minutes ({args.minutes:g})")
     if "all" in args.scenarios:
         args.scenarios = [s for s in SCENARIOS if s != "soak"]
     return args

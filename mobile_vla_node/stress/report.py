@@ -8,6 +8,7 @@ from pathlib import Path
 RATE_FRACTION = 0.95      # Twist rate received >= 95 % of control_rate_hz
 GAP_PERIODS = 3           # no gap over 3 periods
 RSS_TOLERANCE_PCT = 10.0  # RSS after the flood within 10 % of before
+SOAK_RSS_GROWTH_PCT = 5.0  # soak: RSS growth after the warm-up below 5 %
 HOGS_FOR_TARGETS = 2      # the targets are stated for --cpu-hogs 2
 RECORDER_LAG_WARN = 0.5   # periods: a recorder lagging more than this may inflate gaps
 
@@ -34,11 +35,27 @@ def evaluate(result: dict) -> list:
                whole["max_gap_ms"] is not None
                and whole["max_gap_ms"] <= GAP_PERIODS * period_ms),
     ]
-    if name in ("malformed-flood", "soak"):
+    if name == "malformed-flood":
         change = result["rss"].get("change_pct")
         out.append(target("rss_change_pct", change, f"|x| <= {RSS_TOLERANCE_PCT:g}",
                           change is not None and abs(change) <= RSS_TOLERANCE_PCT))
+    if name == "soak":
+        out += _soak_targets(result["soak"], rate)
     return out
+
+
+def _soak_targets(soak: dict, rate: float) -> list:
+    """Every window on rate (a soak with no whole window fails), RSS growth after warm-up."""
+    rates = [w["rate_hz"] for w in soak["windows"]]
+    worst = min(rates, default=None)
+    growth = soak["rss_after_warmup"].get("growth_pct")
+    return [
+        target("min_window_rate_hz", worst, f">= {RATE_FRACTION * rate:.2f} in each of "
+               f"{len(rates)} windows of {soak['window_s']:g} s",
+               bool(rates) and all(r is not None and r >= RATE_FRACTION * rate for r in rates)),
+        target("rss_growth_after_warmup_pct", growth, f"< {SOAK_RSS_GROWTH_PCT:g}",
+               growth is not None and growth < SOAK_RSS_GROWTH_PCT),
+    ]
 
 
 def _signal_targets(result: dict) -> list:
@@ -161,6 +178,8 @@ def _rows(result: dict) -> list:
                  f"{_fmt(diag['deadline_misses'])} (+{_fmt(diag['deadline_misses_in_window'])}),"
                  f" jitter p99 {_fmt(diag['jitter_p99_ms'])} ms, control "
                  f"{diag['control_level_name']} {diag['control_message']!r}"))
+    if name == "soak":
+        rows += _soak_rows(result)
     if name == "malformed-flood":
         rows.append(("/diagnostics counters", f"malformed images "
                      f"+{_fmt(diag['malformed_images_in_window'])}, rejected commands "
@@ -176,6 +195,28 @@ def _rows(result: dict) -> list:
     rows.append(("shutdown (SIGINT)", f"exit {sd['exit_code']}, first zero after "
                                       f"{_fmt(sd['first_zero_s'])} s, non-zero after zero "
                                       f"{sd['nonzero_after_zero']}, last zero {sd['last_zero']}"))
+    return rows
+
+
+def _soak_rows(result: dict) -> list:
+    soak = result["soak"]
+    loads = soak.get("load_avg") or []
+    rows = []
+    for w in soak["windows"]:
+        at = w["start_s"] + 0.5 * w["window_s"]
+        load = min(loads, key=lambda s: abs(s[0] - at))[1] if loads else None
+        rows.append((f"window {w['index'] + 1} (+{w['start_s']:.0f} s)",
+                     f"{_fmt(w['rate_hz'])} Hz, max gap {_fmt(w['max_gap_ms'])} ms, late "
+                     f"{w['late_ticks']}, >3 periods {w['gaps_over_3_periods']}, load avg "
+                     f"{_fmt(load)}"))
+    g = soak["rss_after_warmup"]
+    rows.append((f"RSS after {soak['warmup_s']:g} s warm-up",
+                 f"{_fmt(g.get('start_mb'))} -> {_fmt(g.get('end_mb'))} MB "
+                 f"({_fmt(g.get('growth_pct'))} %, medians of {_fmt(g.get('edge_s'))} s), slope "
+                 f"{_fmt(g.get('slope_mb_per_min'))} MB/min, peak {_fmt(g.get('peak_mb'))}"))
+    if loads:
+        rows.append(("load avg (1 min)", f"min {min(s[1] for s in loads):.2f}, max "
+                                         f"{max(s[1] for s in loads):.2f}, {len(loads)} samples"))
     return rows
 
 

@@ -234,7 +234,9 @@ def _run_load(rig: Rig, opts, name: str) -> dict:
         s.go()
     if name == "camera-1080p":
         cam.stop()
-    time.sleep(duration)
+    load_avg = _soak_wait(rig, opts, t0, duration) if name == "soak" else None
+    if load_avg is None:
+        time.sleep(duration)
     t1 = time.monotonic()
     for s in after:
         s.go()
@@ -266,7 +268,40 @@ def _run_load(rig: Rig, opts, name: str) -> dict:
         "node_log": str(rig.log_path),
     })
     result["rss"]["load_cpu_pct"] = analysis.rss_summary(rig.samples, t0, t1).get("cpu_pct")
+    if name == "soak":
+        warmup = min(opts.warmup_min * 60.0, duration)
+        result["soak"] = {
+            "minutes": opts.minutes, "window_s": opts.window_s, "warmup_s": warmup,
+            "windows": analysis.windows(times, period, t0, t1, opts.window_s),
+            "rss_after_warmup": analysis.rss_growth(rig.samples, t0 + warmup, t1),
+            "load_avg": load_avg,
+        }
     return result
+
+
+def _soak_wait(rig: Rig, opts, t0: float, duration: float) -> list:
+    """Sleep through the soak; every window: load average sampled, one progress line printed.
+
+    Returns ``[[seconds from t0, load 1 min, 5 min, 15 min], ...]`` (``uptime``'s figures: the
+    machine is shared, so the outside load belongs next to the soak's rates).
+    """
+    import os
+
+    samples, end = [], t0 + duration
+    last_count, last_t = rig.recorder.n_twists.value, t0
+    while True:
+        now = time.monotonic()
+        samples.append([round(now - t0, 1), *(round(x, 2) for x in os.getloadavg())])
+        count = rig.recorder.n_twists.value
+        rss = rig.sampler.samples[-1][1] if rig.sampler and rig.sampler.samples else None
+        if now > last_t:
+            print(f"  soak +{now - t0:7.1f} s: {(count - last_count) / (now - last_t):6.2f} Hz "
+                  f"received, node RSS {rss if rss is None else round(rss, 1)} MB, load avg "
+                  f"{samples[-1][1]:.2f} {samples[-1][2]:.2f} {samples[-1][3]:.2f}", flush=True)
+        last_count, last_t = count, now
+        if now >= end:
+            return samples
+        time.sleep(min(opts.window_s, end - now))
 
 
 # -- signals -----------------------------------------------------------------------------------
