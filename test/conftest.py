@@ -4,8 +4,8 @@ import fcntl
 import os
 import tempfile
 
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+from mobile_vla_node.ros.process import set_dds_env
+
 # Domains 1..101 only (higher ids map onto Linux ephemeral ports and can clash); 54 and 77 are
 # the defaults of vla_stress and the demo.
 FREE_DOMAINS = [d for d in range(1, 102) if d not in (54, 77)]
@@ -37,10 +37,10 @@ if "ROS_DOMAIN_ID" not in os.environ:
 if "VLA_TEST_OTHER_DOMAIN" not in os.environ:
     os.environ["VLA_TEST_OTHER_DOMAIN"] = str(
         _reserve_domain(skip=(int(os.environ["ROS_DOMAIN_ID"]),)))
-# Camera-sized frames need the large-image Fast DDS profile (see config/fastdds_large_images.xml).
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
-                      os.path.join(os.path.dirname(__file__), "..", "config",
-                                   "fastdds_large_images.xml"))
+# Loopback-only discovery and the large-image Fast DDS profile (config/fastdds_large_images.xml),
+# each under the variable this ROS 2 distribution reads and no deprecated one (ros/process.py
+# dds_env; docs/DISTROS.md). Every child process inherits them.
+set_dds_env(os.environ)
 
 # Test layers, one entry per test file (`file::test` entries override their file's for that
 # test). test/test_layers.py fails while a test file is missing here. unit: no DDS, no node
@@ -60,6 +60,10 @@ LAYERS = {
     "test_demo_policy.py": ("unit",),
     "test_demo_policy.py::test_demo_policy_beats_random_and_zero": ("slow",),
     "test_diagnostics.py": ("unit",),
+    "test_distros.py": ("unit",),
+    "test_distros.py::test_no_deprecation_warning_at_init": ("ros",),
+    "test_distros.py::test_large_image_profile_applies": ("ros",),
+    "test_distros.py::test_the_other_spelling_as_this_distribution_treats_it": ("ros",),
     "test_gpu.py": ("gpu",),
     "test_gpu_check.py": ("unit",),
     "test_gpu_path.py": ("unit",),

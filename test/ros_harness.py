@@ -21,9 +21,10 @@ def other_domain() -> int:
 
 def ros_env(domain: int | None = None) -> dict:
     """Environment for a child ROS process on loopback in this run's domain."""
-    env = dict(os.environ)
-    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1",
-               PYTHONUNBUFFERED="1")
+    from mobile_vla_node.ros.process import dds_env
+
+    env = dds_env()  # this distribution's loopback/profile variables only (docs/DISTROS.md)
+    env["PYTHONUNBUFFERED"] = "1"
     if domain is not None:
         env["ROS_DOMAIN_ID"] = str(domain)
     return env

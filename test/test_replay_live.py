@@ -27,7 +27,7 @@ from mobile_vla_node.core.config import NodeConfig
 from mobile_vla_node.replay import bagio
 from mobile_vla_node.replay.eval import run_eval
 from mobile_vla_node.replay.sample import make_sample
-from mobile_vla_node.ros.process import stop_node
+from mobile_vla_node.ros.process import dds_env, stop_node
 
 try:
     import rclpy  # noqa: F401
@@ -48,8 +48,8 @@ TICK_FRACTION = 0.85
 
 
 def ros_env() -> dict:
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1",
-               ROS_DOMAIN_ID=os.environ["VLA_TEST_OTHER_DOMAIN"], PYTHONUNBUFFERED="1")
+    env = dds_env()  # this distribution's loopback/profile variables only (docs/DISTROS.md)
+    env.update(ROS_DOMAIN_ID=os.environ["VLA_TEST_OTHER_DOMAIN"], PYTHONUNBUFFERED="1")
     env.pop("ROS_STATIC_PEERS", None)
     return env
 
@@ -190,12 +190,18 @@ def test_play_to_live_node_matches_eval(tmp_path):
             [sys.executable, "-m", "mobile_vla_node.replay.cli", "play", str(bag), "--loop",
              "--rate", "2", "--record", str(rec_loop), "--wait-for-subscribers", "30"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        first = loop.stdout.readline()  # "playing ...": playback and recording have started
-        assert first.startswith("playing "), first
+        # "playing ...": playback and recording have started. Other lines may come first (a
+        # middleware's warnings, e.g. a deprecated variable on Jazzy): read up to that line.
+        head = []
+        for line in loop.stdout:
+            head.append(line)
+            if line.startswith("playing "):
+                break
+        assert head and head[-1].startswith("playing "), "".join(head)
         time.sleep(3.0)  # > one pass of the bag at rate 2
         loop.send_signal(signal.SIGINT)
         loop_out, _ = loop.communicate(timeout=30)
-        loop_out = first + loop_out
+        loop_out = "".join(head) + loop_out
         assert loop.returncode == 130, loop_out
         assert "(interrupted)" in loop_out and "Traceback" not in loop_out
     finally:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.parity import ATOL
+from ..ros.process import profile_variable
 from . import limits
 from .analysis import control_budget, parity_report, physical_limits, step_series
 from .child import PROMPT
@@ -450,8 +451,8 @@ def run_node_mode(args, workdir: Path) -> dict:
             if delivered is not None and delivered < LOW_DELIVERY:
                 print(f"[vla_bench] WARNING: DDS delivered only {100 * delivered:.0f}% of the "
                       "640x480 frames to the node (best-effort QoS); with Fast DDS set "
-                      "FASTDDS_DEFAULT_PROFILES_FILE to config/fastdds_large_images.xml "
-                      "(docs/BENCHMARKS.md)", file=sys.stderr)
+                      f"{profile_variable()} to config/fastdds_large_images.xml "
+                      "(docs/BENCHMARKS.md, docs/DISTROS.md)", file=sys.stderr)
         first = next(iter(runs.values()))
         results[backend] = {"info": first["backend_info"] | {
             "warnings": [w for w in first["backend_warnings"].split("; ") if w]}, "node": runs}

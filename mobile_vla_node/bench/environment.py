@@ -12,14 +12,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from ..ros.process import dds_profile_in_use
+
 # Environment variables that change what is measured (threads, DDS transport).
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RMW_IMPLEMENTATION",
             "ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE",
             "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
-            "FASTDDS_BUILTIN_TRANSPORTS", "RMW_FASTRTPS_PUBLICATION_MODE")
+            "FASTDDS_BUILTIN_TRANSPORTS", "RMW_FASTRTPS_PUBLICATION_MODE", "ROS_DISTRO")
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "numpy",
              "onnx", "pillow", "opencv-python-headless", "psutil", "nvidia-ml-py", "rclpy",
-             "ros-rclpy", "ros-rmw-fastrtps-cpp")
+             "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-fastdds", "ros-fastrtps")
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:
@@ -110,4 +112,7 @@ def environment(argv: list[str]) -> dict:
         "libraries": {name: _version(name) for name in LIBRARIES},
         "ort_providers": providers, "git_commit": _git_commit(),
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        # The Fast DDS profile variable that this distribution's Fast DDS reads, and its file
+        # (None: Fast DDS defaults); the other name, if set, is ignored by Fast DDS.
+        "dds_profile": dds_profile_in_use(),
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ros.process import loopback_env, stop_node
+from ..ros.process import dds_profile_in_use, loopback_env, stop_node
 from ..ros.qos import profile
 from .analysis import summarize
 from .child import PROMPT as COMMAND
@@ -289,7 +289,8 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
             "frames_sent": job["warmup"] + job["iters"], "measured_s": t_end - t_start,
             "node_startup_s": startup_s, "node_params": params,
             "ros_domain_id": env["ROS_DOMAIN_ID"],
-            "dds_profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE") or "none (Fast DDS defaults)",
+            "dds_profile": (dds_profile_in_use(env)["file"]  # the variable Fast DDS reads here
+                            or "none (Fast DDS defaults)"),
             "node_cpu_percent_of_one_core": 100.0 * busy / max(t_end - t_start, 1e-9),
             "node_peak_rss_mb": vm_hwm_mb(proc.pid), "node_log": str(log_path)})
         if result["steps"] == 0:
