@@ -5,9 +5,13 @@ Resolution order (all local paths; nothing is downloaded):
 1. config: ``model_config`` (the team's training JSON, any name), else ``config.json`` in a model
    folder, or ``<checkpoint>.json`` / ``config.json`` beside a checkpoint file (native or
    RoboVLMs format), else the ``model_preset``;
-2. tokenizer: ``backbone_path`` (a Kosmos-2 folder), else ``tokenizer.json`` beside the model, else
-   the built-in word-level tokenizer;
-3. weights: the Kosmos-2 weights in ``backbone_path`` (if given), then the checkpoint on top; with
+2. token layout (`token_layouts`): the ``token_layout`` parameter, else the one a native
+   ``config.json`` records, else ``robovlms_kosmos`` for the team's checkpoints and configs (the
+   reason is in ``notes``), else ``package``;
+3. tokenizer: ``tokenizer_path``, else ``backbone_path`` (a Kosmos-2 folder), else (this
+   package's checkpoints only) ``tokenizer.json`` beside the model or the built-in word-level
+   tokenizer. The team's checkpoints without a real Kosmos-2 tokenizer are refused;
+4. weights: the Kosmos-2 weights in ``backbone_path`` (if given), then the checkpoint on top; with
    no checkpoint the ``tiny`` preset uses the shipped demo policy and other presets random
    weights (seeded, and logged as such).
 
@@ -44,6 +48,7 @@ from .presets import (
     preset_config,
 )
 from .team_layouts import HeadLayout, KeyPlan, LayoutError, detect_head, head_dims, plan_keys
+from .token_layouts import KOSMOS, PACKAGE, TEAM_COMMIT, TEAM_LAYOUTS, check_layout
 from .tokenizer import PromptTokenizer, load_tokenizer
 from .training_config import TrainingFacts, load_training_json
 
@@ -61,6 +66,8 @@ class ModelSource:
     strict: bool = True
     allow_unsafe_pickle: bool = False
     model_config: str = ""
+    token_layout: str = "auto"
+    tokenizer_path: str = ""
 
 
 @dataclass
@@ -93,6 +100,14 @@ class Prepared:
     notes: dict = field(default_factory=dict)         # setting -> where it came from
     assumed: list = field(default_factory=list)
     problems: list = field(default_factory=list)      # fatal: cannot run faithfully
+    team: bool = False                                # the team's checkpoint/config format
+    layout_recorded: bool = False                     # token_layout stated by a native config
+    tokenizer_file: str = ""                          # the prompt tokenizer's path ("": built-in)
+
+    @property
+    def token_layout(self) -> str:
+        """The token layout the policy will run (`token_layouts`)."""
+        return self.config.token_layout
 
     def fail_if_problems(self) -> None:
         """Raise `CheckpointError` listing every problem."""
@@ -132,27 +147,105 @@ def _folder_files(folder: Path):
 
 
 def _read_config(source: ModelSource, config_file: Path | None):
-    """(PolicyConfig, TrainingFacts or None, the file used)."""
+    """(PolicyConfig, TrainingFacts or None, the file used, token_layout stated by the file)."""
     path = Path(source.model_config).expanduser() if source.model_config else config_file
     if path is None:
-        return preset_config(source.preset), None, None
+        return preset_config(source.preset), None, None, False
     data = load_training_json(path)
     config, facts = policy_config_from_training(data, source.preset, str(path))
-    return config, facts, path
+    return config, facts, path, facts is None and "token_layout" in data
+
+
+def choose_layout(prep: Prepared, source: ModelSource) -> None:
+    """Set the config's token layout from the parameter or the checkpoint, with the reason."""
+    cfg = prep.config
+    requested = check_layout(source.token_layout or "auto")
+    if requested != "auto":
+        layout, why = requested, "token_layout parameter"
+    elif prep.layout_recorded:
+        layout, why = cfg.token_layout, f"recorded in {prep.config_file}"
+    elif prep.team:
+        layout = KOSMOS
+        why = ("the team's trainer (" + TEAM_COMMIT + "): stock Kosmos-2 raises without "
+               "pixel_values, so BaseRoboVLM.forward_continuous always takes its fallback "
+               "branch (base_backbone.py lines 1214-1385), in training and in their inference "
+               "server; set token_layout: robovlms_patched only for a checkpoint trained with "
+               "tools/modeling_kosmos2.py copied into transformers")
+    elif prep.config_file is not None:
+        layout = PACKAGE
+        why = (f"this package's native config {prep.config_file} (written before token_layout "
+               "was recorded: always the package layout)")
+    else:
+        layout, why = PACKAGE, f"preset {cfg.preset!r}: this package's layout"
+    if layout in TEAM_LAYOUTS and cfg.max_text_len < 2:
+        changes = {"max_text_len": 256}
+        prep.assumed.append("max_text_len: no training config states tokenizer.max_text_len; "
+                            "256 assumed (set model_config)")
+    else:
+        changes = {}
+    if layout != cfg.token_layout or changes:
+        prep.config = dataclasses.replace(cfg, token_layout=layout, **changes)
+    prep.notes["token_layout"] = f"{layout} ({why})"
+
+
+def choose_tokenizer(prep: Prepared, source: ModelSource) -> None:
+    """Find the prompt tokenizer; a team checkpoint without a real one is a problem."""
+    folder = prep.folder
+    beside = folder / "tokenizer.json" if folder and (folder / "tokenizer.json").is_file() \
+        else None
+    if source.tokenizer_path:
+        path, why = source.tokenizer_path, "tokenizer_path parameter"
+    elif source.backbone_path:
+        path, why = source.backbone_path, "backbone_path (the Kosmos-2 folder)"
+    elif beside is not None and not prep.team:
+        path, why = str(beside), "tokenizer.json beside the model"
+    else:
+        path, why = "", "built-in word-level tokenizer"
+    prep.tokenizer_file = path
+    if prep.team and not path:
+        prep.problems.append(
+            "the team's checkpoint needs the real Kosmos-2 tokenizer (their prompt ids decide "
+            "what the model sees): set tokenizer_path (a tokenizer.json or kosmos-2-patch14-224 "
+            "folder) or backbone_path; the built-in word-level tokenizer would give other ids")
+        prep.notes["tokenizer"] = "none (refused: set tokenizer_path or backbone_path)"
+        return
+    prep.notes["tokenizer"] = f"{path or 'built-in'} ({why})"
+
+
+def make_tokenizer(prep: Prepared) -> PromptTokenizer:
+    """The `PromptTokenizer` `choose_tokenizer` found, set up for the config's layout."""
+    cfg = prep.config
+    team = cfg.token_layout in TEAM_LAYOUTS
+    return PromptTokenizer(load_tokenizer(prep.tokenizer_file or None), cfg.prompt_template,
+                           0 if team else cfg.pad_to,
+                           cfg.max_text_len if team else 256, team=team)
 
 
 def prepare(source: ModelSource) -> Prepared:
     """Read config and checkpoint, detect the head, map keys and check sizes (no model built)."""
     ckpt, config_file, folder = resolve_paths(source)
-    config, facts, config_file = _read_config(source, config_file)
+    config, facts, config_file, recorded = _read_config(source, config_file)
     prep = Prepared(config=config, checkpoint=ckpt, config_file=config_file, folder=folder,
-                    facts=facts)
+                    facts=facts, layout_recorded=recorded)
     if facts is not None:
         prep.notes.update(facts.notes)
         prep.assumed += facts.assumed
         prep.problems += facts.refused
+    _read_checkpoint(prep, ckpt, source)
+    prep.team = prep.team or facts is not None
+    try:
+        choose_layout(prep, source)
+    except ValueError as exc:
+        prep.problems.append(str(exc))
+    choose_tokenizer(prep, source)
+    return prep
+
+
+def _read_checkpoint(prep: Prepared, ckpt: Path | None, source: ModelSource) -> None:
+    """Read, map and check the checkpoint's tensors into ``prep``."""
+    facts = prep.facts
     if ckpt is None:
-        return prep
+        return
     raw, prep.container = read_checkpoint(ckpt, source.allow_unsafe_pickle)
     state, ignored = map_keys(raw)
     prep.ignored.update({k: "text-generation lm_head (the policy never generates text)"
@@ -164,13 +257,13 @@ def prepare(source: ModelSource) -> Prepared:
     except LayoutError as exc:
         prep.problems.append(str(exc))
         prep.state = state
-        return prep
+        return
+    prep.team = prep.layout.name != "mobile_vla_node"
     prep.plan = plan_keys(state, prep.layout)
     prep.ignored.update(prep.plan.dropped)
     prep.state = {prep.plan.mapped[k]: v for k, v in state.items() if k in prep.plan.mapped}
     _fit_config(prep, facts is not None)
     _check_lora(prep, source)
-    return prep
 
 
 def _fit_config(prep: Prepared, from_training: bool) -> None:
@@ -275,10 +368,10 @@ def load_policy(source: ModelSource) -> LoadedPolicy:
     prep.fail_if_problems()
     for item in prep.assumed:
         LOG.warning("policy config: %s", item)
-    config, folder = prep.config, prep.folder
-    tok_path = source.backbone_path or (folder / "tokenizer.json" if folder and
-                                        (folder / "tokenizer.json").is_file() else None)
-    tokenizer = PromptTokenizer(load_tokenizer(tok_path), config.prompt_template, config.pad_to)
+    config = prep.config
+    LOG.info("token layout: %s; tokenizer: %s", prep.notes.get("token_layout"),
+             prep.notes.get("tokenizer"))
+    tokenizer = make_tokenizer(prep)
     torch.manual_seed(RANDOM_SEED)
     model = build_model(config, tokenizer)
     provided: set = set()

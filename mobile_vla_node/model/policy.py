@@ -2,11 +2,12 @@
 
 The work is split where the runtime splits it:
 
-* `encode_frame` runs once per camera frame: Kosmos-2 over
-  ``<s> <image> [image] </image> prompt [action]``, where ``[action]`` is a learnable embedding;
-  the action slot's last hidden state is the frame's feature. Image normalization (uint8 -> /255
-  -> the config's mean/std: none, CLIP or ImageNet) happens here, on the model's device, so
-  exported graphs carry it.
+* `encode_frame` runs once per camera frame: Kosmos-2's text model over the image tokens, the
+  prompt and a learnable ``[action]`` embedding, arranged by the config's token layout
+  (`token_layouts`: the package's ``<s> <image> [image] </image> prompt [action]``, or the team's
+  ``robovlms_kosmos`` / ``robovlms_patched``); the action slot's last hidden state is the
+  frame's feature. Image normalization (uint8 -> /255 -> the config's mean/std: none, CLIP or
+  ImageNet) happens here, on the model's device, so exported graphs carry it.
 * `decode` runs the LSTM from a given state over a window of cached features and maps the last
   output to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1] (regression head) or
   class logits (classification head).
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from . import token_layouts
 
 
 class MLPTanhHead(nn.Module):
@@ -97,6 +100,8 @@ class MobileVLAPolicy(nn.Module):
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.image_std).view(1, 3, 1, 1),
                              persistent=False)
+        self.token_layout = token_layouts.check_layout(config.token_layout, allow_auto=False)
+        self._grow_positions()
 
     def normalize_image(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) in the model's channel order -> normalized float (B, 3, H, W)."""
@@ -110,23 +115,38 @@ class MobileVLAPolicy(nn.Module):
         embeds = nn.functional.normalize(embeds, dim=-1)
         return self.backbone.image_to_text_projection(embeds)[0]
 
+    def _grow_positions(self) -> None:
+        """Team layouts use fixed position ids past the sequence: size the table for them.
+
+        Kosmos-2 grows its sinusoidal table from the sequence length only (rows depend on the
+        index alone, so a larger table changes no value).
+        """
+        layout = self.token_layout
+        if layout not in token_layouts.TEAM_LAYOUTS:
+            return
+        emb = self.backbone.text_model.model.embed_positions
+        rows = token_layouts.required_positions(layout, self.config.max_text_len,
+                                                self.backbone.config.latent_query_num)
+        if int(emb.weights.shape[0]) < rows:
+            emb.make_weights(rows, emb.embedding_dim, emb.padding_idx)
+
+    def text_sequence(self, image_embeds: torch.Tensor, text_ids: torch.Tensor):
+        """(inputs_embeds, attention_mask, position_ids) of this policy's token layout."""
+        text = self.backbone.text_model.model
+        embed = text.embed_tokens
+        return token_layouts.build_sequence(
+            self.token_layout, embed=embed, image_embeds=image_embeds.to(embed.weight.dtype),
+            text_ids=text_ids, action=self.action_token, prefix_ids=self.prefix_ids,
+            image_end_ids=self.image_end_ids, pad_id=self.pad_id,
+            max_text_len=self.config.max_text_len,
+            padding_idx=int(text.embed_positions.padding_idx))
+
     def encode_frame(self, images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, H, W, 3) + prompt ids (B, L) -> action-token features (B, D)."""
         image_embeds = self.image_embeds(self.normalize_image(images))
-        text = self.backbone.text_model.model
-        batch = images.shape[0]
-        embed = text.embed_tokens
-        prefix = embed(self.prefix_ids).unsqueeze(0).expand(batch, -1, -1)
-        image_end = embed(self.image_end_ids).unsqueeze(0).expand(batch, -1, -1)
-        action = self.action_token.to(prefix.dtype).view(1, 1, -1).expand(batch, -1, -1)
-        inputs_embeds = torch.cat(
-            [prefix, image_embeds.to(prefix.dtype), image_end, embed(text_ids), action], dim=1
-        )
-        # Padding (only when the training config padded prompts) is masked out of attention.
-        n_fixed = prefix.shape[1] + image_embeds.shape[1] + 1
-        ones = torch.ones(batch, n_fixed, dtype=torch.long, device=text_ids.device)
-        mask = torch.cat([ones, (text_ids != self.pad_id).long(), ones[:, :1]], dim=1)
-        hidden = text(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
+        embeds, mask, positions = self.text_sequence(image_embeds, text_ids)
+        hidden = self.backbone.text_model.model(inputs_embeds=embeds, attention_mask=mask,
+                                                position_ids=positions).last_hidden_state
         return hidden[:, -1]
 
     def decode(self, features: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .token_layouts import LAYOUTS, TEAM_LAYOUTS
 from .training_config import (
     CLIP_MEAN,
     CLIP_STD,
@@ -51,6 +52,10 @@ class PolicyConfig:
     # Image pipeline: normalization name (none, clip, imagenet, custom) and resize filter.
     image_norm: str = "clip"
     resize_filter: str = "bicubic"
+    # Token layout (model/token_layouts.py): package | robovlms_kosmos | robovlms_patched, and
+    # the team tokenizer's padding length (their training JSON's tokenizer.max_text_len).
+    token_layout: str = "package"
+    max_text_len: int = 0
 
     def __post_init__(self):
         for name in ("window_size", "fwd_pred_next_n", "lstm_hidden", "lstm_layers", "image_size"):
@@ -60,6 +65,7 @@ class PolicyConfig:
             raise ValueError(f"policy config action_dim={self.action_dim!r} must be 2 or 3")
         self._check_head()
         self._check_image()
+        self._check_layout()
         if "{instruction}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} lacks '{{instruction}}'")
         vision = self.backbone.get("vision_config", {})
@@ -83,6 +89,15 @@ class PolicyConfig:
                       any(len(row) != 3 for row in table)):
             raise ValueError(f"policy config class_velocities must be {self.num_classes} rows "
                              f"of [vx, vy, wz], got {table!r}")
+
+    def _check_layout(self) -> None:
+        if self.token_layout not in LAYOUTS:
+            raise ValueError(f"policy config token_layout={self.token_layout!r} must be one of "
+                             f"{list(LAYOUTS)}")
+        if self.token_layout in TEAM_LAYOUTS and int(self.max_text_len) < 2:
+            raise ValueError(f"policy config token_layout={self.token_layout!r} needs "
+                             f"max_text_len >= 2 (the training JSON's tokenizer.max_text_len), "
+                             f"got {self.max_text_len!r}")
 
     def _check_image(self) -> None:
         if self.resize_filter not in RESIZE_FILTERS:

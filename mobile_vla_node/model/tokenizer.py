@@ -72,18 +72,32 @@ def load_tokenizer(path: str | Path | None):
                             "folder")
 
 
-class PromptTokenizer:
-    """Turns an instruction into prompt ids, once per command, and knows the special ids."""
+# Their server's prompt (minuum/vla Mobile_VLA/inference_server.py `_tokenize_instruction`): an
+# instruction already starting with "<grounding>" is used as is, one starting with
+# "An image of a robot" gets "<grounding>" in front, any other the whole template.
+SERVER_TEMPLATE = "<grounding>An image of a robot {instruction}"
 
-    def __init__(self, tokenizer, template: str, pad_to: int = 0, max_tokens: int = 256):
+
+class PromptTokenizer:
+    """Turns an instruction into prompt ids, once per command, and knows the special ids.
+
+    ``team=True`` (the ``robovlms_*`` token layouts) tokenizes like their inference server:
+    the server's prompt rules, ``<s> ... </s>`` around the text (``add_special_tokens``, as the
+    Kosmos-2 tokenizer does), no padding (the layout knows ``max_text_len``) and at most
+    ``max_tokens`` ids: a longer prompt is refused (their server would truncate it).
+    """
+
+    def __init__(self, tokenizer, template: str, pad_to: int = 0, max_tokens: int = 256,
+                 team: bool = False):
         if "{instruction}" not in template:
             raise ValueError(f"prompt template {template!r} has no '{{instruction}}' field")
         self.tokenizer = tokenizer
         self.template = template
         self.pad_to = int(pad_to)
         self.max_tokens = int(max_tokens)
-        self.special_ids = {name: self._token_id(name) for name in ("<s>", "<pad>", "<image>",
-                                                                    "</image>")}
+        self.team = bool(team)
+        names = ("<s>", "<pad>", "<image>", "</image>") + (("</s>",) if self.team else ())
+        self.special_ids = {name: self._token_id(name) for name in names}
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
@@ -110,8 +124,10 @@ class PromptTokenizer:
             raise CommandError(
                 f"instruction has {len(instruction)} characters (limit {max_chars})"
             )
-        text = self.template.format(instruction=instruction.strip())
+        text = self.prompt(instruction)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.team:
+            ids = [self.special_ids["<s>"], *ids, self.special_ids["</s>"]]
         limit = self.pad_to or self.max_tokens
         if len(ids) > limit:
             raise CommandError(f"instruction tokenizes to {len(ids)} ids (limit {limit})")
@@ -119,11 +135,21 @@ class PromptTokenizer:
             ids = ids + [self.special_ids["<pad>"]] * (self.pad_to - len(ids))
         return np.asarray(ids, dtype=np.int64)
 
+    def prompt(self, instruction: str) -> str:
+        """The text that is tokenized for ``instruction`` (server rules for team tokenizers)."""
+        clean = instruction.strip()
+        if self.team and self.template == SERVER_TEMPLATE:
+            if clean.startswith("<grounding>"):
+                return clean
+            if clean.startswith("An image of a robot"):
+                return "<grounding>" + clean
+        return self.template.format(instruction=clean)
+
     def to_json(self) -> str:
         """Serialize tokenizer and template so an exported model can carry them."""
         return json.dumps({"tokenizer": json.loads(self.tokenizer.to_str()),
                            "template": self.template, "pad_to": self.pad_to,
-                           "max_tokens": self.max_tokens})
+                           "max_tokens": self.max_tokens, "team": self.team})
 
     @classmethod
     def from_json(cls, text: str) -> PromptTokenizer:
@@ -132,4 +158,5 @@ class PromptTokenizer:
 
         data = json.loads(text)
         tok = Tokenizer.from_str(json.dumps(data["tokenizer"]))
-        return cls(tok, data["template"], data.get("pad_to", 0), data.get("max_tokens", 256))
+        return cls(tok, data["template"], data.get("pad_to", 0), data.get("max_tokens", 256),
+                   data.get("team", False))

@@ -135,6 +135,17 @@ def read_training_config(data: dict, path: str = "") -> TrainingFacts:
     if data.get("pad_text"):
         put("pad_to", (data.get("tokenizer") or {}).get("max_text_len", 0))
         note("pad_to", "pad_text with tokenizer.max_text_len")
+    text_len = (data.get("tokenizer") or {}).get("max_text_len")
+    if text_len is not None:
+        put("max_text_len", int(text_len))
+        note("max_text_len", f"tokenizer.max_text_len = {text_len!r} (their server pads the "
+             "prompt to it)")
+    else:
+        put("max_text_len", 256)
+        note("max_text_len", "256 (assumed: their H5 dataset's default)")
+        facts.assumed.append("tokenizer.max_text_len is not in the config: 256 assumed (their "
+                             "dataset's default; their server needs the key). It decides the "
+                             "action token's position")
 
     layout = LAYOUT_BY_NAME.get(facts.head_type)
     if layout is not None:
