@@ -91,6 +91,7 @@ LAYERS = {
     "test_safety.py": ("unit",),
     "test_stress.py": ("unit",),
     "test_stress.py::test_smoke_command_100hz_null_backend": ("ros", "slow"),
+    "test_stress.py::test_smoke_soak_null_backend": ("ros", "slow"),
     "test_tensorrt_backend.py": ("unit",),
     "test_tensorrt_backend.py::test_gpu_engine_mismatch_is_refused": ("gpu", "slow"),
     "test_tensorrt_build.py": ("unit",),
@@ -106,6 +107,7 @@ LAYERS = {
     "test_triton.py::test_read_headers": ("unit",),
     "test_triton.py::test_stats_delta_and_instance_device": ("unit",),
     "test_triton.py::test_tls_files_are_checked_before_connecting": ("unit",),
+    "test_triton_demo.py": ("unit",),
     "test_triton_node.py": ("ros", "slow"),
 }
 

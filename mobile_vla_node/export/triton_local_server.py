@@ -36,6 +36,19 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ENV = ROOT / ".venv-triton"
 MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 SHM_BYTES = 4 * 1024 * 1024
+# Printed by triton_python_model.py at the first execution of each model instance.
+FIRST_REQUEST_TAG = "vla_local_triton first request"
+_FIRST_REQUEST = re.compile(re.escape(FIRST_REQUEST_TAG)
+                            + r": model=(\S+) monotonic=([0-9.]+) wall=([0-9.]+)")
+# Triton's own log prefix, e.g. ``I1205 07:39:36.906492 11577 grpc_server.cc:2558]`` (UTC).
+_GRPC_STARTED = re.compile(r"^I(\d\d)(\d\d) (\d\d):(\d\d):(\d\d\.\d+) .*"
+                           r"Started GRPCInferenceService", re.MULTILINE)
+# wait_ready polls a server that is still loading: without these the gRPC channel backs off
+# 1 s, 1.6 s, 2.6 s ... between connection attempts, and "ready" is seen seconds late.
+READY_POLL_S = 0.1
+READY_CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 100),
+                      ("grpc.min_reconnect_backoff_ms", 100),
+                      ("grpc.max_reconnect_backoff_ms", 200)]
 
 
 class ServerError(RuntimeError):
@@ -123,6 +136,33 @@ def prepare_repo(source: Path, target: Path) -> list[str]:
     return names
 
 
+def parse_first_requests(text: str, after: float = 0.0) -> dict:
+    """``{model: (monotonic, wall)}``: each model's earliest first-request line after ``after``."""
+    out: dict = {}
+    for match in _FIRST_REQUEST.finditer(text):
+        model, mono, wall = match.group(1), float(match.group(2)), float(match.group(3))
+        if mono > after and (model not in out or mono < out[model][0]):
+            out[model] = (mono, wall)
+    return out
+
+
+def parse_grpc_started(text: str, now: float | None = None) -> list:
+    """Wall times of Triton's "Started GRPCInferenceService" lines (the log has no year)."""
+    import calendar
+
+    now = time.time() if now is None else now
+    year = time.gmtime(now).tm_year
+    out = []
+    for m in _GRPC_STARTED.finditer(text):
+        month, day, hour, minute = (int(m.group(i)) for i in range(1, 5))
+        seconds = float(m.group(5))
+        t = calendar.timegm((year, month, day, hour, minute, 0)) + seconds
+        if t > now + 86400:  # a December log read in January
+            t = calendar.timegm((year - 1, month, day, hour, minute, 0)) + seconds
+        out.append(t)
+    return out
+
+
 @dataclass
 class LocalTriton:
     """One ``tritonserver`` process on localhost serving a repository through Python models."""
@@ -199,23 +239,41 @@ class LocalTriton:
         cert, key = self.tls_client or (None, None)
         client = grpcclient.InferenceServerClient(
             self.url, ssl=bool(self.tls_root), root_certificates=self.tls_root or None,
-            certificate_chain=cert, private_key=key)
+            certificate_chain=cert, private_key=key, channel_args=READY_CHANNEL_ARGS)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise ServerError(f"tritonserver exited with {self.process.returncode}; "
                                       f"log:\n{self.log_tail()}")
                 try:
-                    if client.is_server_ready(client_timeout=1.0):
+                    if client.is_server_ready(client_timeout=0.5):
                         return self
                 except Exception:  # not listening yet
                     pass
-                time.sleep(0.2)
+                time.sleep(READY_POLL_S)
         finally:
             client.close()
         self.stop()
         raise ServerError(f"tritonserver not ready within {timeout_s:g} s; log:\n"
                           f"{self.log_tail()}")
+
+    def first_requests(self, after: float = 0.0) -> dict:
+        """``{model: (monotonic, wall)}`` of each model's first request executed after ``after``.
+
+        From the lines `triton_python_model` prints: the moment a (re)started server really
+        accepted and ran a request, on the machine's CLOCK_MONOTONIC (``time.monotonic()``).
+        """
+        return parse_first_requests(self._log_text(), after)
+
+    def grpc_started(self) -> list:
+        """Wall times (s since the epoch, UTC) at which this log's servers began serving gRPC."""
+        return parse_grpc_started(self._log_text())
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server log."""

@@ -10,6 +10,11 @@ Requests that Triton's dynamic batcher hands over together are stacked on axis 0
 ONNX Runtime call when their shapes agree (one group per shape otherwise), then split again.
 An optional ``MOBILE_VLA_TRITON_DELAY_MS`` environment variable (tests: the slow-server case)
 adds that much sleep to every execution.
+
+The first execution of each model instance prints one ``FIRST_REQUEST_TAG`` line to the server
+log with ``time.monotonic()`` (CLOCK_MONOTONIC, shared by every process on the machine) and the
+wall time: the moment this server really accepted a request, which `make triton-demo` judges the
+outage by (`triton_local_server.first_requests`).
 """
 
 import json
@@ -20,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+FIRST_REQUEST_TAG = "vla_local_triton first request"  # triton_local_server.FIRST_REQUEST_TAG
 
 
 class TritonPythonModel:
@@ -39,9 +46,15 @@ class TritonPythonModel:
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         self.delay_s = float(os.environ.get("MOBILE_VLA_TRITON_DELAY_MS", "0")) / 1e3
+        self.name = args["model_name"]
+        self.served = False
 
     def execute(self, requests):
         """Run the batch; requests whose shapes differ run in separate groups."""
+        if not self.served:
+            self.served = True
+            print(f"{FIRST_REQUEST_TAG}: model={self.name} monotonic={time.monotonic():.6f} "
+                  f"wall={time.time():.6f}", flush=True)
         if self.delay_s > 0:
             time.sleep(self.delay_s)
         arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs]
