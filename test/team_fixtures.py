@@ -1,6 +1,7 @@
 """Fixture checkpoints in the team's layouts, generated from the documented key tables.
 
-Dimensions are the `tiny` preset's (nothing downloaded). Layouts (docs/CHECKPOINTS.md):
+Dimensions are the `tiny` preset's, the tokenizer a tiny Kosmos-2-style one
+(kosmos_tokenizer.py; nothing downloaded). Layouts (docs/CHECKPOINTS.md):
 MobileVLALSTMDecoder keeps its MLP under ``act_head.velocities``; MobileVLAClassificationDecoder
 has ``act_head.logits`` plus loss buffers; Lightning prefixes every key with ``model.``; their
 ``.pth`` files wrap ``model_state_dict`` with ``epoch``, ``optimizer_state_dict``, ``val_mae``
@@ -12,27 +13,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import torch
+from kosmos_tokenizer import make_tokenizer_folder
 
+from mobile_vla_node.model.loader import ModelSource
 from mobile_vla_node.model.policy import MobileVLAPolicy
 from mobile_vla_node.model.presets import preset_config
-from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
+from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer, load_tokenizer
 
 WINDOW, CHUNK = 4, 3
+MAX_TEXT_LEN = 256
+_TOKENIZER_DIR = None
 LORA_TARGETS = ("text_model.model.layers.0.self_attn.q_proj",
                 "text_model.model.layers.1.ffn.fc1",
                 "vision_model.model.encoder.layers.0.mlp.fc1")
 
 
 def tiny_config(**overrides):
-    """The tiny preset as the team would train it: 2 velocities, chunk 3, H5 pipeline."""
+    """The tiny preset as the team would train it: 2 velocities, chunk 3, H5 pipeline, their
+    trainer's token layout (robovlms_kosmos, prompts padded to max_text_len 256)."""
     base = dict(window_size=WINDOW, fwd_pred_next_n=CHUNK, action_dim=2, image_norm="none",
                 image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-                resize_filter="bilinear", max_linear=1.15)
+                resize_filter="bilinear", max_linear=1.15, token_layout="robovlms_kosmos",
+                max_text_len=MAX_TEXT_LEN)
     base.update(overrides)
     return preset_config("tiny", **base)
+
+
+def tokenizer_dir() -> Path:
+    """A tiny Kosmos-2-style tokenizer folder (test/kosmos_tokenizer.py), built once."""
+    global _TOKENIZER_DIR
+    if _TOKENIZER_DIR is None:
+        _TOKENIZER_DIR = make_tokenizer_folder(Path(tempfile.mkdtemp(prefix="kosmos_tok_")))
+    return _TOKENIZER_DIR
+
+
+def team_source(model_path="", **kwargs) -> ModelSource:
+    """A tiny-preset `ModelSource` with the Kosmos-2-style tokenizer (team checkpoints need it)."""
+    kwargs.setdefault("tokenizer_path", str(tokenizer_dir()))
+    return ModelSource("tiny", str(model_path) if model_path else "", **kwargs)
+
+
+def prompt_tokenizer(config) -> PromptTokenizer:
+    """The tokenizer a loaded policy with ``config`` uses (Kosmos-2-style for team layouts)."""
+    if config.token_layout == "package":
+        return PromptTokenizer(builtin_tokenizer(), config.prompt_template, config.pad_to)
+    return PromptTokenizer(load_tokenizer(tokenizer_dir()), config.prompt_template,
+                           max_tokens=config.max_text_len, team=True)
 
 
 def build(config, seed: int = 0) -> MobileVLAPolicy:

@@ -75,6 +75,11 @@ class ModelSpec:
     class_velocities: list = field(default_factory=list)
     resize_filter: str = "bicubic"
     image_norm: str = "clip"
+    # Token layout (model/token_layouts.py) and image tokens per frame (latent_query_num): with
+    # them the runtime says whether a command can change the actions (exports before them used
+    # the package layout).
+    token_layout: str = "package"
+    image_tokens: int = 0
 
     @property
     def output_dim(self) -> int:
@@ -87,7 +92,9 @@ class ModelSpec:
         return cls(pc.preset, pc.image_size, feature_dim, pc.window_size, pc.fwd_pred_next_n,
                    pc.action_dim, pc.max_linear, pc.chunk_step_period_s, pc.head,
                    pc.num_classes, [list(map(float, r)) for r in pc.class_velocities],
-                   pc.resize_filter, pc.image_norm)
+                   pc.resize_filter, pc.image_norm,
+                   token_layout=getattr(pc, "token_layout", "package"),
+                   image_tokens=int(pc.backbone.get("latent_query_num", 64)))
 
 
 def check_encoder_inputs(spec: ModelSpec, image: np.ndarray, text_ids: np.ndarray,

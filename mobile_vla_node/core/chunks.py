@@ -5,6 +5,16 @@ A chunk of N velocities becomes a schedule starting when it arrives: step i is v
 ``blend_steps`` > 0 its first steps are blended linearly from where the old schedule would
 have been. Past the last step the last velocity holds; its age keeps growing, so the safety chain's
 ``action_timeout_s`` ends it.
+
+``action_mode`` decides what of each inference's chunk is played (`select_actions`):
+
+* ``chunk`` (default): the whole chunk, on the schedule above;
+* ``server``: what the team's inference server returns per call (minuum/vla
+  Mobile_VLA/inference_server.py, ``MobileVLAInference.decode_action`` and ``predict``): only
+  chunk[0] (held until the next inference, or until ``action_timeout_s``), a zero velocity for
+  the first inference after a reset (their ``inference_count == 0``; here: after a new command,
+  ``reset`` or a failed inference), and linear x/y clipped to +-1.5 m/s. Their fp16 weights are
+  not mirrored (the node's ``precision`` parameter decides).
 """
 
 from __future__ import annotations
@@ -51,3 +61,26 @@ class ChunkPlayer:
         if self.velocities is None:
             return None
         return self._at(now)
+
+
+ACTION_MODES = ("chunk", "server")
+SERVER_CLIP = 1.5   # m/s on linear x and y: inference_server.py predict(), "4. Clipping"
+
+
+def select_actions(velocities: np.ndarray, mode: str, first: bool) -> np.ndarray:
+    """The velocities (N, 3) of one inference that ``mode`` plays (see the module docstring).
+
+    ``first``: the first inference since the runtime's reset. Non-finite values are kept, so
+    the safety chain still stops on them.
+    """
+    if mode == "chunk":
+        return velocities
+    if mode != "server":
+        raise ValueError(f"action_mode {mode!r} is not one of {list(ACTION_MODES)}")
+    out = np.array(velocities[:1], dtype=np.float64, copy=True)
+    if first:
+        out[:] = 0.0
+    linear = out[:, :2]
+    out[:, :2] = np.where(np.isfinite(linear), np.clip(linear, -SERVER_CLIP, SERVER_CLIP),
+                          linear)
+    return out

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model import token_layouts
+from .chunks import select_actions
 from .config import ActionConfig
 from .postprocess import ActionPostprocessor
 from .preprocess import ImageError, to_model_input
@@ -51,6 +53,8 @@ class PolicyRuntime:
         self.resize_filter = getattr(self.spec, "resize_filter", "bicubic")
         self.max_command_chars = max_command_chars
         self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
+        self.action_mode = getattr(action, "action_mode", "chunk")
+        self.steps = 0   # accepted steps since the last reset (action_mode server: first is 0)
         self.command: str | None = None
         self.text_ids: np.ndarray | None = None
         self.generation = 0
@@ -62,6 +66,7 @@ class PolicyRuntime:
         with self._lock:
             self.command, self.text_ids = text.strip(), ids
             self.history.clear()
+            self.steps = 0
             self.generation += 1
 
     def clear_command(self) -> None:
@@ -69,13 +74,37 @@ class PolicyRuntime:
         with self._lock:
             self.command, self.text_ids = None, None
             self.history.clear()
+            self.steps = 0
             self.generation += 1
 
     def reset(self) -> None:
         """Clear the observation history, keep the command."""
         with self._lock:
             self.history.clear()
+            self.steps = 0
             self.generation += 1
+
+    def layout_warning(self) -> str:
+        """One line for node start when the token layout hides the instruction, else ""."""
+        layout = getattr(self.spec, "token_layout", "package")
+        if layout != token_layouts.KOSMOS:
+            return ""
+        latent = int(getattr(self.spec, "image_tokens", 0))
+        return (f"token_layout {layout}: instruction-blind: {token_layouts.BLIND_TEXT} (the "
+                f"first {latent} prompt positions hold image tokens: every prompt of up to "
+                f"{token_layouts.blind_limit(latent)} ids, <s> and </s> included, acts the same "
+                "for equal lengths; docs/CHECKPOINTS.md)")
+
+    def instruction_note(self) -> str:
+        """Whether the current command's tokens reach the action token (diagnostics)."""
+        with self._lock:
+            ids = self.text_ids
+        if ids is None:
+            return "n/a (no command)"
+        layout = getattr(self.spec, "token_layout", "package")
+        vis = token_layouts.visibility(layout, int(len(ids)),
+                                       int(getattr(self.spec, "image_tokens", 0)))
+        return ("yes: " if vis.blind else "no: ") + vis.describe()
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """RGB frame -> the model's uint8 input (size and channel order)."""
@@ -96,7 +125,7 @@ class PolicyRuntime:
         with self._lock:
             if self.text_ids is None:
                 return None
-            ids, generation = self.text_ids, self.generation
+            ids, generation, first = self.text_ids, self.generation, self.steps == 0
             history = (np.stack(self.history) if self.history
                        else np.zeros((0, self.spec.feature_dim), np.float32))
         if on_device:
@@ -108,5 +137,6 @@ class PolicyRuntime:
             if generation != self.generation:
                 return None
             self.history.append(np.asarray(feature, dtype=np.float32))
-        return StepResult(self.post(actions), np.asarray(actions), (t1 - t0) * 1e3,
-                          (t2 - t1) * 1e3)
+            self.steps += 1
+        velocities = select_actions(self.post(actions), self.action_mode, first)
+        return StepResult(velocities, np.asarray(actions), (t1 - t0) * 1e3, (t2 - t1) * 1e3)

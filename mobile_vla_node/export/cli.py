@@ -80,6 +80,18 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", default="",
                         help="the team's JSON training config (window, chunk, head, image "
                              "normalization, action scale); see `vla_checkpoint inspect`")
+    add_layout_arguments(parser)
+
+
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """--token-layout and --tokenizer-path (node parameters token_layout, tokenizer_path)."""
+    parser.add_argument("--token-layout", default="auto",
+                        choices=("auto", "robovlms_kosmos", "robovlms_patched", "package"),
+                        help="token layout (default auto: from the checkpoint; "
+                             "docs/CHECKPOINTS.md)")
+    parser.add_argument("--tokenizer-path", default="",
+                        help="the real Kosmos-2 tokenizer (tokenizer.json or folder) for the "
+                             "team's checkpoints (default: --backbone-path's)")
 
 
 def _add_parity(parser: argparse.ArgumentParser, atol_help: str) -> None:
@@ -187,7 +199,8 @@ def _source(args) -> tuple[str, str]:
     return preset, checkpoint
 
 
-def load_reference(preset: str, checkpoint: str, backbone_path: str, model_config: str = ""):
+def load_reference(preset: str, checkpoint: str, backbone_path: str, model_config: str = "",
+                   token_layout: str = "auto", tokenizer_path: str = ""):
     """The PyTorch reference backend (fp32, CPU) for a preset or checkpoint."""
     from ..backends.base import BackendError
     from ..backends.torch_backend import TorchBackend
@@ -196,6 +209,7 @@ def load_reference(preset: str, checkpoint: str, backbone_path: str, model_confi
 
     cfg = BackendConfig(backend="torch", model_preset=preset, model_path=checkpoint,
                         backbone_path=backbone_path, model_config=model_config,
+                        token_layout=token_layout, tokenizer_path=tokenizer_path,
                         device="cpu", precision="fp32", warmup_iters=0)
     backend = TorchBackend(cfg)
     try:
@@ -273,7 +287,9 @@ def cmd_onnx(args) -> int:
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
         reference = load_reference(preset, checkpoint, args.backbone_path,
-                                   getattr(args, "model_config", ""))
+                                   getattr(args, "model_config", ""),
+                                   getattr(args, "token_layout", "auto"),
+                                   getattr(args, "tokenizer_path", ""))
     policy = reference.model
     progress.line(f"weights: {reference.info.model}")
     step_path = out.with_name(step_file_name(out))
@@ -401,7 +417,9 @@ def cmd_verify(args) -> int:
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
         reference = load_reference(preset, checkpoint, args.backbone_path,
-                                   getattr(args, "model_config", ""))
+                                   getattr(args, "model_config", ""),
+                                   getattr(args, "token_layout", "auto"),
+                                   getattr(args, "tokenizer_path", ""))
     exported = model_spec_from_metadata(meta)
     if exported != reference.spec:
         diff = {k: (v, getattr(reference.spec, k)) for k, v in asdict(exported).items()

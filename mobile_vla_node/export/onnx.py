@@ -79,8 +79,12 @@ def max_text_len(policy) -> int | None:
     """Longest prompt (ids) the exported encoder accepts: its positional table is fixed-size.
 
     PyTorch grows Kosmos-2's sinusoidal table on demand; a traced graph cannot, so a longer prompt
-    would fail inside ONNX Runtime with a Gather index error.
+    would fail inside ONNX Runtime with a Gather index error. The team's layouts
+    (`token_layouts`) take at most ``max_text_len`` ids, as their server pads to it.
     """
+    if getattr(policy, "token_layout", "package") != "package":
+        # Team layouts: fixed position ids (padding to max_text_len), table sized for them.
+        return int(policy.config.max_text_len)
     try:
         emb = policy.backbone.text_model.model.embed_positions
         rows, pad = int(emb.weights.shape[0]), int(emb.padding_idx)

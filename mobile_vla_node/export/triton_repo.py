@@ -262,6 +262,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="model preset (tiny, small, mobile-vla-kosmos2, ...)")
     parser.add_argument("--checkpoint", help="checkpoint file or model folder")
     parser.add_argument("--backbone-path", default="", help="local Kosmos-2 folder")
+    parser.add_argument("--model-config", default="", help="the team's JSON training config")
+    from .cli import add_layout_arguments
+
+    add_layout_arguments(parser)
     parser.add_argument("--output", required=True, help="model repository folder (created)")
     parser.add_argument("--name", default=DEFAULT_NAME,
                         help=f"model name prefix: NAME_encoder, NAME_step (default {DEFAULT_NAME}"
@@ -317,7 +321,10 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress()
     what = f"checkpoint {checkpoint!r}" if checkpoint else f"preset {preset!r}"
     with progress.phase(f"loading policy ({what})"):
-        reference = load_reference(preset, checkpoint, args.backbone_path)
+        reference = load_reference(preset, checkpoint, args.backbone_path,
+                                   getattr(args, "model_config", ""),
+                                   getattr(args, "token_layout", "auto"),
+                                   getattr(args, "tokenizer_path", ""))
     policy, spec = reference.model, reference.spec
     ids = reference.tokenizer.encode("go to the red box")
     with tempfile.TemporaryDirectory(prefix="vla_triton_") as tmp:

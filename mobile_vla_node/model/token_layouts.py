@@ -171,7 +171,7 @@ def build_sequence(layout: str, *, embed, image_embeds, text_ids, action, prefix
         action_pos = torch.full((1,), latent + last + start, dtype=torch.long, device=device)
     else:
         raise TokenLayoutError(f"token_layout {layout!r} is not one of {list(LAYOUTS)}")
-    positions = torch.cat([prompt_pos, action_pos]).unsqueeze(0).expand(batch, -1)
+    positions = torch.cat([prompt_pos, action_pos]).unsqueeze(0).repeat(batch, 1)
     return embeds, None, positions
 
 
