@@ -214,3 +214,20 @@ def test_only_malformed_frames_report_the_bad_input():
                                "last_input_error": "data has 10 bytes, expected 18"})
     assert s.level == ERROR
     assert "data has 10 bytes" in s.message
+
+
+def test_incompatible_publishers_warn_on_inputs():
+    stats = live_stats(image_hz=30.0)
+    assert inputs(stats, control=MOVING).values["incompatible_publishers"] == ""
+    stats.counters["duplicate_inputs"] = 3
+    found = inputs(stats, control={**MOVING, "incompatible_qos": {
+        "/vla/command": (2, "RELIABILITY"), "/vla/enable": (1, "DURABILITY")}})
+    assert found.level == WARN
+    assert found.values["incompatible_publishers"] == ("/vla/command: 2 (RELIABILITY); "
+                                                       "/vla/enable: 1 (DURABILITY)")
+    assert "/vla/command: 2 (RELIABILITY)" in found.message
+    assert found.values["duplicate_inputs"] == "3"
+    # A fault outranks it.
+    bad = inputs(stats, control={**MOVING, "fault": "bad_image", "incompatible_qos": {
+        "/vla/command": (1, "RELIABILITY")}})
+    assert bad.level == ERROR

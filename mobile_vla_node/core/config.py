@@ -18,9 +18,17 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWIST_AXES = ("linear_x", "linear_y", "angular_z")
 
 
-def param(default, doc: str, lo=None, hi=None, live: bool = False, choices=None):
-    """A dataclass field that is also a ROS parameter."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "live": live, "choices": choices}
+def param(default, doc: str, lo=None, hi=None, live: bool = False, choices=None, items=None):
+    """A dataclass field that is also a ROS parameter.
+
+    A list parameter's element type (``items``: "str" or "float", which gives its ROS array
+    type) comes from its default; an empty default must name it.
+    """
+    if isinstance(default, (list, tuple)):
+        items = items or (type(default[0]).__name__ if default else None)
+        if items not in ("str", "float"):
+            raise TypeError(f"list parameter default {default!r}: items must be str or float")
+    meta = {"doc": doc, "lo": lo, "hi": hi, "live": live, "choices": choices, "items": items}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -163,7 +171,7 @@ class ControlConfig:
     stop_phrases: list = param(list(DEFAULT_STOP_PHRASES), "an instruction containing one of "
                                "these stops the robot at once, without inference", live=True)
     allowed_instructions: list = param([], "if not empty, only these instructions drive "
-                                           "(others are rejected)", live=True)
+                                           "(others are rejected)", live=True, items="str")
     time_jump_threshold_s: float = param(1.0, "ROS time running this much ahead of the steady "
                                               "clock between ticks is a forward jump (a jump "
                                               "back is always one): stop until fresh input",

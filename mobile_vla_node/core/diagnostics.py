@@ -117,12 +117,20 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
                    "rejected_commands": str(c["rejected_commands"]),
                    "command": control.get("command") or "", "last_input_error":
                    control.get("last_input_error", "")})
+    # Publishers whose QoS no reader of the node matches: {topic: (publishers, policy)}.
+    incompatible = control.get("incompatible_qos") or {}
+    values["incompatible_publishers"] = "; ".join(
+        f"{topic}: {count} ({policy})" for topic, (count, policy) in sorted(incompatible.items()))
+    values["duplicate_inputs"] = str(c["duplicate_inputs"])
     if control.get("fault") == "bad_image":
         level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
     elif c["frames_received"] == 0:
         level, msg = ERROR, "no data yet"
     elif control.get("last_stop_reason") == "image_stale" and control.get("stop_reason"):
         level, msg = ERROR, "images stale"
+    elif incompatible:
+        level, msg = WARN, ("publisher with incompatible QoS (its messages never arrive) on "
+                            + values["incompatible_publishers"])
     elif rate < cfg.input_rate_warn_hz:
         level, msg = WARN, f"image rate {rate:.2f} Hz < {cfg.input_rate_warn_hz} Hz"
     elif not control.get("command"):

@@ -24,12 +24,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
@@ -48,31 +43,21 @@ from ..core.runtime import PolicyRuntime
 from ..core.ticks import ClockGuard
 from ..model.errors import CheckpointError
 from .control_thread import ControlThread
-from .qos import profile
+from .parameters import declare_parameters, parameter_values, plain
+from .qos import LATCHED_INPUTS, InputGate, profile
+
+try:  # Iron and newer
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+# Jazzy and newer pass rclpy's MessageInfo to a callback that takes two arguments; Humble never.
+CALLBACKS_GET_INFO = hasattr(__import__("rclpy.subscription").subscription.Subscription,
+                             "CallbackType")
 
 LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
 TIMING_LABELS = ("transport_ms", "preprocess_ms", "inference_ms", "end_to_end_ms")
 STARTUP_ERRORS = (ConfigError, BackendError, CheckpointError, FileNotFoundError, ValueError)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-
-
-def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
-    desc = ParameterDescriptor(description=spec["doc"], read_only=not spec["live"])
-    if spec["choices"]:
-        desc.additional_constraints = f"one of {list(spec['choices'])}"
-    default = spec["default"]
-    if isinstance(default, float):
-        # Accept 1 as well as 1.0 from YAML; range checks happen in the config dataclasses.
-        desc.dynamic_typing = True
-        if spec["lo"] is not None:
-            desc.floating_point_range = [FloatingPointRange(from_value=float(spec["lo"]),
-                                                            to_value=float(spec["hi"]))]
-    elif isinstance(default, int) and not isinstance(default, bool) and spec["lo"] is not None:
-        desc.integer_range = [IntegerRange(from_value=int(spec["lo"]), to_value=int(spec["hi"]))]
-    elif isinstance(default, list) and (not default or isinstance(default[0], float)):
-        # An empty list has no ROS type of its own; the config dataclass checks the elements.
-        desc.dynamic_typing = True
-    return desc
 
 
 def _stamp_s(stamp) -> float:
@@ -90,11 +75,9 @@ class VlaNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__("vla_node", **kwargs)
-        for name, spec in PARAMETERS.items():
-            self.declare_parameter(name, spec["default"], _descriptor(name, spec))
+        declare_parameters(self, PARAMETERS)
         # Validated now: a bad value is fatal before anything is loaded.
-        self.config = NodeConfig.from_params(
-            {name: self.get_parameter(name).value for name in PARAMETERS})
+        self.config = NodeConfig.from_params(parameter_values(self, PARAMETERS))
         cfg = self.config
         self.lifecycle = "unconfigured"
         self.startup_error: str | None = None
@@ -122,16 +105,14 @@ class VlaNode(LifecycleNode):
                                               profile("diagnostics"))
         self.timing_pub = self.create_publisher(Float64MultiArray, topics.timing_topic,
                                                 profile("timing"))
-        if topics.image_transport == "compressed":
-            self.create_subscription(CompressedImage, topics.compressed_image_topic,
-                                     self._on_image, profile("camera"))
-        else:
-            self.create_subscription(Image, topics.image_topic, self._on_image,
-                                     profile("camera"))
-        self.create_subscription(String, topics.command_topic, self._on_command,
-                                 profile("command"))
-        self.create_subscription(Bool, topics.enable_topic, self._on_enable_msg,
-                                 profile("enable"))
+        self.incompatible_qos: dict = {}  # topic -> (publishers, last policy name)
+        self.input_gates: dict = {}
+        image_type, image_topic = ((CompressedImage, topics.compressed_image_topic)
+                                   if topics.image_transport == "compressed"
+                                   else (Image, topics.image_topic))
+        self._subscribe(image_type, image_topic, self._on_image, profile("camera"), True)
+        self._subscribe_input("command", String, topics.command_topic, self._on_command)
+        self._subscribe_input("enable", Bool, topics.enable_topic, self._on_enable_msg)
         self.create_service(SetBool, "~/enable", self._on_enable_srv)
         self.create_service(Trigger, "~/reset", self._on_reset)
         # Steady clock: diagnostics keep coming when /clock is paused (use_sim_time).
@@ -158,6 +139,55 @@ class VlaNode(LifecycleNode):
                                f"{cfg.control.control_rate_hz:g} Hz "
                                f"({'ROS' if use_ros_time else 'steady'} clock); zeros until "
                                "active")
+
+    # -- subscriptions -----------------------------------------------------------------------
+    def _subscribe_input(self, role: str, msg_type, topic: str, handler) -> None:
+        """A live and a latched reader of one input topic, each message applied once (qos.py)."""
+        gate = self.input_gates[role] = InputGate()
+        live_role, latched_role = LATCHED_INPUTS[role]
+        for latched, qos_role in ((True, latched_role), (False, live_role)):
+            # A volatile writer is incompatible with the latched reader by design; only a writer
+            # that the live reader cannot match either (best effort) is a problem.
+            self._subscribe(msg_type, topic, self._gated(gate, latched, handler),
+                            profile(qos_role), report=not latched)
+
+    def _gated(self, gate: InputGate, latched: bool, handler):
+        def deliver(msg, info):
+            if gate.admit(latched, info):
+                handler(msg)
+            else:
+                with self._lock:
+                    self.stats.counters["duplicate_inputs"] += 1
+
+        if CALLBACKS_GET_INFO:  # rclpy passes MessageInfo to a two-argument callback
+            return deliver
+        return lambda msg: deliver(msg, None)
+
+    def _subscribe(self, msg_type, topic: str, callback, qos, report: bool):
+        """A subscription; its incompatible publishers go to diagnostics and one warning.
+
+        Without ``report`` they are ignored quietly (rclpy would otherwise log each one).
+        """
+        resolved = []  # the subscription's full topic name, known once it exists
+
+        def on_incompatible(event):
+            if not report:
+                return
+            from rclpy.qos import qos_policy_name_from_kind
+
+            policy = qos_policy_name_from_kind(event.last_policy_kind)
+            name = resolved[0] if resolved else topic
+            with self._lock:
+                self.incompatible_qos[name] = (event.total_count, policy)
+            self.get_logger().warning(
+                f"a publisher on {name} offers QoS incompatible with this node's reader "
+                f"({policy}); its messages do not arrive")
+
+        sub = self.create_subscription(
+            msg_type, topic, callback, qos,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible))
+        resolved.append(sub.topic_name)
+        return sub
 
     # -- clock -------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -449,6 +479,7 @@ class VlaNode(LifecycleNode):
                 "command": self.runtime.command if self.runtime else None,
                 "enabled": control.enabled if control else None,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
+                "incompatible_qos": dict(self.incompatible_qos),
             }
             if control is not None:
                 control_values.update(
@@ -475,7 +506,8 @@ class VlaNode(LifecycleNode):
 
     # -- live parameters ---------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in PARAMETERS}
+        changes = {p.name: plain(p.value, isinstance(PARAMETERS[p.name]["default"], list))
+                   for p in params if p.name in PARAMETERS}
         if not changes:
             return SetParametersResult(successful=True)
         try:
