@@ -41,7 +41,7 @@ def team(tmp_path_factory):
 
 def test_inspect_their_layout_reports_everything_and_the_snippet_runs(team):
     folder, model, ckpt, cfg = team
-    rc, out, err = run("inspect", ckpt, "--config", cfg)
+    rc, out, err = run("inspect", ckpt, "--config", cfg, "--image-pipeline", "team_h5_2025")
     assert rc == 0, out + err
     for text in ("Lightning .ckpt ('state_dict', keys prefixed 'model.')", "epoch=9",
                  "act_head.velocities.mlp", "MobileVLALSTMDecoder (regression)",
@@ -54,6 +54,7 @@ def test_inspect_their_layout_reports_everything_and_the_snippet_runs(team):
     params = snippet["/**"]["ros__parameters"]
     assert params["model_config"] == str(cfg.resolve())
     assert params["model_path"] == str(ckpt.resolve())
+    assert params["image_pipeline"] == "team_h5_2025"
     from mobile_vla_node.backends.torch_backend import TorchBackend
     from mobile_vla_node.core.config import NodeConfig
 

@@ -14,10 +14,13 @@ from team_fixtures import (
     build,
     make_lora,
     peft_state,
+    prompt_tokenizer,
     save_lightning,
     save_pth,
+    team_source,
     tiny_config,
     to_team_keys,
+    tokenizer_dir,
     training_json,
     write_json,
 )
@@ -29,7 +32,7 @@ from mobile_vla_node.core.postprocess import ActionPostprocessor
 from mobile_vla_node.core.runtime import PolicyRuntime
 from mobile_vla_node.model.checkpoint import CheckpointError, read_checkpoint
 from mobile_vla_node.model.loader import ModelSource, load_policy, prepare
-from mobile_vla_node.model.tokenizer import PromptTokenizer, builtin_tokenizer
+from mobile_vla_node.model.tokenizer import builtin_tokenizer
 from mobile_vla_node.model.training_config import default_class_velocities
 
 RNG = np.random.default_rng(3)
@@ -37,8 +40,7 @@ WINDOW_IMAGES = torch.from_numpy(RNG.integers(0, 256, (1, 4, 224, 224, 3), dtype
 
 
 def ids(model):
-    tok = PromptTokenizer(builtin_tokenizer(), model.config.prompt_template)
-    return torch.from_numpy(tok.encode("go to the red box"))[None]
+    return torch.from_numpy(prompt_tokenizer(model.config).encode("go to the red box"))[None]
 
 
 def actions(model):
@@ -67,9 +69,11 @@ def test_velocities_naming_gives_the_same_actions_as_actions_naming(tmp_path, re
     raw, container = read_checkpoint(theirs)
     assert container.kind == "lightning" and container.extras["epoch"] == 9
     assert any(k.startswith("model.act_head.velocities.mlp.") for k in raw)
-    a = load_policy(ModelSource("tiny", str(theirs), model_config=str(config_file)))
-    b = load_policy(ModelSource("tiny", str(ours)))
+    a = load_policy(team_source(str(theirs), model_config=str(config_file)))
+    b = load_policy(ModelSource("tiny", str(ours), tokenizer_path=str(tokenizer_dir())))
     assert "MobileVLALSTMDecoder layout" in a.weights
+    # their checkpoint: their trainer's layout; ours: the layout its config.json records
+    assert a.config.token_layout == b.config.token_layout == "robovlms_kosmos"
     expected = actions(reference)
     assert expected.shape == (1, CHUNK, 2)
     assert torch.equal(actions(a.model), expected)
@@ -103,17 +107,19 @@ def test_dataset_decides_normalization_and_action_scale(tmp_path, dataset, norm,
     data = training_json(train_dataset={"type": dataset})
     data.pop("norm_action")
     path = write_json(tmp_path / "c.json", data)
-    prep = prepare(ModelSource("tiny", model_config=str(path)))
+    prep = prepare(team_source(model_config=str(path)))
     assert (prep.config.image_norm, prep.config.resize_filter, prep.config.max_linear) == \
         (norm, filt, scale)
-    assert not prep.assumed and not prep.problems
+    # the JSON cannot tell the team's image pipelines apart: auto's pick is an assumption
+    assert [a for a in prep.assumed if "cannot tell" in a] == prep.assumed and len(prep.assumed) == 1
+    assert not prep.problems
     # an explicit key wins; an unknown dataset is reported as an assumption
     explicit = write_json(tmp_path / "e.json", {**data, "image_norm": "clip",
                                                 "action_scale": 0.8})
-    prep = prepare(ModelSource("tiny", model_config=str(explicit)))
+    prep = prepare(team_source(model_config=str(explicit)))
     assert (prep.config.image_norm, prep.config.max_linear) == ("clip", 0.8)
     unknown = write_json(tmp_path / "u.json", {**data, "train_dataset": {"type": "Other"}})
-    prep = prepare(ModelSource("tiny", model_config=str(unknown)))
+    prep = prepare(team_source(model_config=str(unknown)))
     assert any("image normalization" in a for a in prep.assumed)
     assert any("action scale" in a for a in prep.assumed)
 
@@ -129,7 +135,7 @@ def test_pth_with_argparse_args_loads_with_the_safe_default(tmp_path, reference,
     raw, container = read_checkpoint(path)          # weights_only=True, Namespace allow-listed
     assert container.kind == "pth" and container.args["batch_size"] == 2
     assert container.extras["val_mae"] == pytest.approx(0.212)
-    lp = load_policy(ModelSource("tiny", str(path), model_config=str(config_file)))
+    lp = load_policy(team_source(str(path), model_config=str(config_file)))
     assert torch.equal(actions(lp.model), actions(reference))
 
 
@@ -138,7 +144,7 @@ def test_safetensors_in_their_layout(tmp_path, reference, config_file):
 
     state = {k: v.contiguous() for k, v in to_team_keys(reference.state_dict()).items()}
     save_file(state, str(tmp_path / "policy.safetensors"))
-    lp = load_policy(ModelSource("tiny", str(tmp_path / "policy.safetensors"),
+    lp = load_policy(team_source(str(tmp_path / "policy.safetensors"),
                                  model_config=str(config_file)))
     assert torch.equal(actions(lp.model), actions(reference))
 
@@ -165,7 +171,7 @@ def lora_case(tmp_path_factory, reference):
 def test_lora_checkpoint_equals_the_merged_model(lora_case):
     folder, base, adapters, cfg, expected = lora_case
     path = save_lightning(folder / "lora.ckpt", to_team_keys(peft_state(base, adapters)))
-    lp = load_policy(ModelSource("tiny", str(path), model_config=str(cfg)))
+    lp = load_policy(team_source(str(path), model_config=str(cfg)))
     assert "3 LoRA adapters merged" in lp.weights
     ours = lp.model.state_dict()
     for key, value in expected.state_dict().items():
@@ -189,9 +195,9 @@ def test_lora_adapters_only_merge_onto_backbone_path(lora_case, tmp_path):
     path = save_lightning(tmp_path / "adapters.ckpt",
                           to_team_keys(peft_state(base, adapters, with_base=False)))
     with pytest.raises(CheckpointError, match="set backbone_path") as err:
-        load_policy(ModelSource("tiny", str(path), model_config=str(cfg)))
+        load_policy(team_source(str(path), model_config=str(cfg)))
     assert "3 LoRA adapter pairs have no base weight" in str(err.value)
-    lp = load_policy(ModelSource("tiny", str(path), backbone_path=str(kosmos),
+    lp = load_policy(team_source(str(path), backbone_path=str(kosmos),
                                  model_config=str(cfg)))
     assert torch.allclose(actions(lp.model), actions(expected), atol=1e-5)
 
@@ -200,7 +206,7 @@ def test_lora_without_alpha_is_refused(lora_case, tmp_path):
     folder, base, adapters, cfg, expected = lora_case
     path = save_lightning(tmp_path / "lora.ckpt", to_team_keys(peft_state(base, adapters)))
     with pytest.raises(CheckpointError, match="lora_alpha is unknown"):
-        load_policy(ModelSource("tiny", str(path)))
+        load_policy(team_source(str(path)))
 
 
 # -- classification -----------------------------------------------------------------------------
@@ -257,7 +263,7 @@ def _force_classes(model, classes):
 
 def test_classification_publishes_the_configured_velocity_per_class(classifier):
     path, cfg = classifier
-    lp = load_policy(ModelSource("tiny", str(path), model_config=str(cfg)))
+    lp = load_policy(team_source(str(path), model_config=str(cfg)))
     assert (lp.config.head, lp.config.num_classes) == ("classification", 6)
     table = default_class_velocities(6, 1.0)
     assert lp.config.class_velocities == table
@@ -280,7 +286,7 @@ def test_classification_publishes_the_configured_velocity_per_class(classifier):
 
 def test_classification_chunk_plays_back_class_by_class(classifier):
     path, cfg = classifier
-    lp = load_policy(ModelSource("tiny", str(path), model_config=str(cfg)))
+    lp = load_policy(team_source(str(path), model_config=str(cfg)))
     runtime = PolicyRuntime(_Backend(lp), ActionConfig())
     runtime.set_command("turn left")
     _force_classes(lp.model, [1, 2, 0])
@@ -313,14 +319,14 @@ def test_upstream_lstm_decoder_drops_the_gripper(tmp_path):
     state["act_head.gripper.mlp.0.bias"] = torch.zeros(8)
     path = save_lightning(tmp_path / "up.ckpt", state)
     cfg = write_json(tmp_path / "up.json", training_json("LSTMDecoder", action_dim=3))
-    lp = load_policy(ModelSource("tiny", str(path), model_config=str(cfg)))
+    lp = load_policy(team_source(str(path), model_config=str(cfg)))
     assert lp.config.action_dim == 2
     assert torch.equal(actions(lp.model), actions(model))
-    prep = prepare(ModelSource("tiny", str(path), model_config=str(cfg)))
+    prep = prepare(team_source(str(path), model_config=str(cfg)))
     assert "act_head.gripper.mlp.0.weight" in prep.ignored
     bad = write_json(tmp_path / "bad.json", training_json("LSTMDecoder", action_dim=2))
     with pytest.raises(CheckpointError, match="predicts 1 tanh value"):
-        load_policy(ModelSource("tiny", str(path), model_config=str(bad)))
+        load_policy(team_source(str(path), model_config=str(bad)))
 
 
 def test_unknown_architecture_is_refused(tmp_path):
@@ -331,7 +337,7 @@ def test_unknown_architecture_is_refused(tmp_path):
              "action_head.0.weight": torch.zeros(2, 4)}
     path = save_pth(tmp_path / "best_simple_clip_lstm_model.pth", state)
     with pytest.raises(CheckpointError) as err:
-        load_policy(ModelSource("tiny", str(path), strict=False))
+        load_policy(team_source(str(path), strict=False))
     text = str(err.value)
     assert "unknown architecture" in text and "not public" in text
     assert "'lstm'" in text and "'clip_model'" in text and "nothing was loaded" in text
@@ -341,22 +347,22 @@ def test_hybrid_head_and_instruction_conditioning_are_refused(tmp_path, referenc
     state = to_team_keys(reference.state_dict())
     hybrid = {**state, "act_head.direction_head.0.weight": torch.zeros(2, 2)}
     with pytest.raises(CheckpointError, match="HybridActionHead"):
-        load_policy(ModelSource("tiny", str(save_lightning(tmp_path / "h.ckpt", hybrid))))
+        load_policy(team_source(str(save_lightning(tmp_path / "h.ckpt", hybrid))))
     config = tiny_config(head="classification", num_classes=6)
     cls = to_team_keys(build(config).state_dict(), "logits")
     cls["act_head.instr_proj.weight"] = torch.zeros(64, 64)
     with pytest.raises(CheckpointError, match="instruction"):
-        load_policy(ModelSource("tiny", str(save_lightning(tmp_path / "i.ckpt", cls))))
+        load_policy(team_source(str(save_lightning(tmp_path / "i.ckpt", cls))))
 
 
 def test_config_and_keys_must_agree_on_the_head(tmp_path, reference, classifier):
     path = save_lightning(tmp_path / "v.ckpt", to_team_keys(reference.state_dict()))
     _, cls_cfg = classifier
     with pytest.raises(CheckpointError, match="wrong model_config"):
-        load_policy(ModelSource("tiny", str(path), model_config=str(cls_cfg)))
+        load_policy(team_source(str(path), model_config=str(cls_cfg)))
     wrong_chunk = write_json(tmp_path / "w.json", training_json(fwd_pred_next_n=5))
     with pytest.raises(CheckpointError, match="fwd_pred_next_n 5 x action_dim 2 = 10"):
-        load_policy(ModelSource("tiny", str(path), model_config=str(wrong_chunk)))
+        load_policy(team_source(str(path), model_config=str(wrong_chunk)))
 
 
 def test_missing_head_tensor_is_fatal_even_non_strict(tmp_path, reference, config_file):
@@ -364,12 +370,12 @@ def test_missing_head_tensor_is_fatal_even_non_strict(tmp_path, reference, confi
     del state["act_head.velocities.mlp.2.bias"]
     path = save_lightning(tmp_path / "broken.ckpt", state)
     with pytest.raises(CheckpointError, match="lacks 1 of the policy's .* head tensors"):
-        load_policy(ModelSource("tiny", str(path), strict=False, model_config=str(config_file)))
+        load_policy(team_source(str(path), strict=False, model_config=str(config_file)))
     no_token = {k: v for k, v in to_team_keys(reference.state_dict()).items()
                 if k != "action_token"}
     path = save_lightning(tmp_path / "no_token.ckpt", no_token)
     with pytest.raises(CheckpointError, match="action_token"):
-        load_policy(ModelSource("tiny", str(path), strict=False, model_config=str(config_file)))
+        load_policy(team_source(str(path), strict=False, model_config=str(config_file)))
 
 
 # -- ONNX export of their heads ------------------------------------------------------------------
@@ -384,7 +390,7 @@ def _export(tmp_path, ckpt, cfg):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         rc = cli.main(["onnx", "--preset", "tiny", "--checkpoint", str(ckpt),
-                       "--model-config", str(cfg),
+                       "--model-config", str(cfg), "--tokenizer-path", str(tokenizer_dir()),
                        "--output", str(out), "--parity-cases", "3"])
     assert rc == 0, buf.getvalue()
     return out, buf.getvalue()
@@ -410,7 +416,7 @@ def test_onnx_export_of_their_heads_matches_torch(tmp_path, head, reference, con
         ckpt, cfg = classifier
     out, log = _export(tmp_path, ckpt, cfg)
     assert "parity" in log
-    torch_policy = load_policy(ModelSource("tiny", str(ckpt), model_config=str(cfg)))
+    torch_policy = load_policy(team_source(str(ckpt), model_config=str(cfg)))
     onnx_backend = _onnx_backend(out)
     spec = onnx_backend.spec
     assert spec == ModelSpec.from_policy_config(torch_policy.config,
@@ -454,7 +460,7 @@ def test_parent_chain_and_refused_structure(tmp_path, reference):
     write_json(tmp_path / "base.json", training_json(window_size=8))
     child = write_json(tmp_path / "child.json", {"parent": "base.json", "window_size": 4,
                                                  "act_head": {"hidden_size": 64}})
-    prep = prepare(ModelSource("tiny", model_config=str(child)))
+    prep = prepare(team_source(model_config=str(child)))
     assert prep.config.window_size == 4 and prep.config.lstm_hidden == 64
     assert prep.config.head_type == "MobileVLALSTMDecoder"     # from the parent's act_head
     ckpt = save_lightning(tmp_path / "v.ckpt", to_team_keys(reference.state_dict()))
@@ -463,7 +469,7 @@ def test_parent_chain_and_refused_structure(tmp_path, reference):
                               ("model", "paligemma", "only Kosmos-2")):
         cfg = write_json(tmp_path / f"{key}.json", training_json(**{key: value}))
         with pytest.raises(CheckpointError, match=words):
-            load_policy(ModelSource("tiny", str(ckpt), model_config=str(cfg)))
+            load_policy(team_source(str(ckpt), model_config=str(cfg)))
     missing_parent = write_json(tmp_path / "orphan.json", {"parent": "gone.json"})
     with pytest.raises(FileNotFoundError, match="names parent 'gone.json'"):
-        prepare(ModelSource("tiny", model_config=str(missing_parent)))
+        prepare(team_source(model_config=str(missing_parent)))

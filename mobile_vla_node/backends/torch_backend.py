@@ -53,7 +53,10 @@ class TorchBackend(InferenceBackend):
             warnings.append("fp16 on CPU is slow and only for parity checks")
         loaded = load_policy(ModelSource(cfg.model_preset, cfg.model_path, cfg.backbone_path,
                                          cfg.strict_loading, cfg.allow_unsafe_pickle,
-                                         getattr(cfg, "model_config", "")))
+                                         getattr(cfg, "model_config", ""),
+                                         token_layout=getattr(cfg, "token_layout", "auto"),
+                                         tokenizer_path=getattr(cfg, "tokenizer_path", ""),
+                                         image=cfg.image_choice()))
         self.model = loaded.model.to(device=self.device, dtype=self.dtype)
         self.tokenizer = loaded.tokenizer
         pc = loaded.config

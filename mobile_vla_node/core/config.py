@@ -12,10 +12,13 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 from .commands import DEFAULT_STOP_PHRASES
+from .image_pipeline import PIPELINES as IMAGE_PIPELINES
+from .image_pipeline import ImageChoice
 
 BACKENDS = ("torch", "onnx", "tensorrt", "triton", "null")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWIST_AXES = ("linear_x", "linear_y", "angular_z")
+ACTION_MODES = ("chunk", "server")
 
 
 def param(default, doc: str, lo=None, hi=None, live: bool = False, choices=None, items=None):
@@ -67,6 +70,28 @@ class BackendConfig:
     model_config: str = param("", "the team's JSON training config (any name; window, chunk, "
                                   "head, normalization, action scale); empty: config beside "
                                   "the checkpoint or the preset")
+    token_layout: str = param("auto", "token layout of the prompt, image and action tokens: "
+                                      "auto (from the checkpoint, reason logged), "
+                                      "robovlms_kosmos (the team's trainer as it runs: "
+                                      "instruction-blind), robovlms_patched (Kosmos-2 patched "
+                                      "to take inputs_embeds), package",
+                              choices=("auto", "robovlms_kosmos", "robovlms_patched", "package"))
+    tokenizer_path: str = param("", "the real Kosmos-2 tokenizer (tokenizer.json or folder) for "
+                                    "the team's checkpoints; empty: backbone_path's")
+    image_pipeline: str = param("auto", "camera frame -> model input: auto (from the checkpoint; "
+                                        "for the team's checkpoints a guess, reported), "
+                                        "team_server (bicubic + config mean/std), team_h5_2025 "
+                                        "(bilinear, none), team_h5_2026 (bilinear + CLIP), "
+                                        "package, custom (the four parameters below)",
+                                choices=IMAGE_PIPELINES)
+    resize_filter: str = param("", "image_pipeline custom: PIL resize filter (bicubic, "
+                                   "bilinear, nearest, box, hamming, lanczos)")
+    image_size: int = param(0, "image_pipeline custom: model input size (0: the model's)", 0,
+                            4096)
+    image_mean: list = param([], "image_pipeline custom: per-channel mean after /255 (3 "
+                                 "values)", items="float")
+    image_std: list = param([], "image_pipeline custom: per-channel std after /255 (3 values)",
+                            items="float")
     device: str = param("cpu", "cpu, cuda or cuda:N")
     precision: str = param("fp32", "torch weight precision", choices=PRECISIONS)
     strict_loading: bool = param(True, "fail on missing/unexpected checkpoint keys")
@@ -111,6 +136,16 @@ class BackendConfig:
             raise ConfigError(f"parameter device={self.device!r} must be cpu, cuda or cuda:N")
         if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
             raise ConfigError(f"parameter providers={self.providers!r} must list provider names")
+        self.image_choice()
+
+    def image_choice(self) -> ImageChoice:
+        """The image pipeline parameters as one `ImageChoice` (ConfigError if inconsistent)."""
+        try:
+            return ImageChoice(self.image_pipeline, self.resize_filter, int(self.image_size),
+                               tuple(float(v) for v in self.image_mean),
+                               tuple(float(v) for v in self.image_std))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"parameter {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -205,6 +240,10 @@ class ActionConfig:
                                  "'linear_x,linear_y' (empty: x, y[, yaw])")
     class_velocities: str = param("", "classification heads: 'vx,vy,wz; ...' per class, m/s "
                                       "and rad/s (empty: the model config's table)")
+    action_mode: str = param("chunk", "chunk: play the whole chunk of each inference; server: "
+                                      "like the team's inference server, chunk[0] only, zero "
+                                      "for the first frame after a command or reset, linear "
+                                      "x/y clipped to +-1.5", choices=ACTION_MODES)
 
     def __post_init__(self):
         _check_fields(self)

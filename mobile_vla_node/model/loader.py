@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.image_pipeline import ImageChoice
 from .checkpoint import (
     CHECKPOINT_SUFFIXES,
     CheckpointError,
@@ -46,6 +47,7 @@ from .presets import (
     PolicyConfig,
     policy_config_from_training,
     preset_config,
+    with_image_choice,
 )
 from .team_layouts import HeadLayout, KeyPlan, LayoutError, detect_head, head_dims, plan_keys
 from .token_layouts import KOSMOS, PACKAGE, TEAM_COMMIT, TEAM_LAYOUTS, check_layout
@@ -66,6 +68,8 @@ class ModelSource:
     strict: bool = True
     allow_unsafe_pickle: bool = False
     model_config: str = ""
+    # the image_pipeline choice (core.image_pipeline); pass it by keyword
+    image: ImageChoice = field(default_factory=ImageChoice)
     token_layout: str = "auto"
     tokenizer_path: str = ""
 
@@ -150,9 +154,9 @@ def _read_config(source: ModelSource, config_file: Path | None):
     """(PolicyConfig, TrainingFacts or None, the file used, token_layout stated by the file)."""
     path = Path(source.model_config).expanduser() if source.model_config else config_file
     if path is None:
-        return preset_config(source.preset), None, None, False
+        return with_image_choice(preset_config(source.preset), source.image), None, None, False
     data = load_training_json(path)
-    config, facts = policy_config_from_training(data, source.preset, str(path))
+    config, facts = policy_config_from_training(data, source.preset, str(path), source.image)
     return config, facts, path, facts is None and "token_layout" in data
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.image_pipeline import PIPELINES, ImageChoice, from_choice
+from ..core.resize import RESIZE_FILTERS
 from .token_layouts import LAYOUTS, TEAM_LAYOUTS
 from .training_config import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGE_NORMS,
-    RESIZE_FILTERS,
     TrainingFacts,
     is_team_config,
+    pipeline_overrides,
     read_training_config,
 )
 
@@ -49,9 +52,12 @@ class PolicyConfig:
     head_type: str = "mobile_vla_node"
     num_classes: int = 0
     class_velocities: list = field(default_factory=list)
-    # Image pipeline: normalization name (none, clip, imagenet, custom) and resize filter.
+    # Image pipeline: normalization name (none, clip, imagenet, custom) and resize filter;
+    # image_pipeline names where they come from (core.image_pipeline: package for this
+    # package's own checkpoints, a team preset, custom, or auto for a legacy dataset's values).
     image_norm: str = "clip"
     resize_filter: str = "bicubic"
+    image_pipeline: str = "package"
     # Token layout (model/token_layouts.py): package | robovlms_kosmos | robovlms_patched, and
     # the team tokenizer's padding length (their training JSON's tokenizer.max_text_len).
     token_layout: str = "package"
@@ -100,6 +106,9 @@ class PolicyConfig:
                              f"got {self.max_text_len!r}")
 
     def _check_image(self) -> None:
+        if self.image_pipeline not in PIPELINES:
+            raise ValueError(f"policy config image_pipeline={self.image_pipeline!r} must be one "
+                             f"of {list(PIPELINES)}")
         if self.resize_filter not in RESIZE_FILTERS:
             raise ValueError(f"policy config resize_filter={self.resize_filter!r} must be one "
                              f"of {list(RESIZE_FILTERS)}")
@@ -201,15 +210,30 @@ def config_from_robovlms(training: dict, preset: str = "mobile-vla-kosmos2") -> 
 
 
 def policy_config_from_training(training: dict, preset: str = "mobile-vla-kosmos2",
-                                path: str = "") -> tuple[PolicyConfig, TrainingFacts | None]:
-    """(PolicyConfig, the config's facts: reasons, assumptions, refusals; None if native)."""
+                                path: str = "", image: ImageChoice | None = None
+                                ) -> tuple[PolicyConfig, TrainingFacts | None]:
+    """(PolicyConfig, the config's facts: reasons, assumptions, refusals; None if native).
+
+    ``image``: the node's image_pipeline choice (auto: the checkpoint decides).
+    """
     if not is_team_config(training):
-        return PolicyConfig.from_dict(training), None
-    facts = read_training_config(training, path)
+        return with_image_choice(PolicyConfig.from_dict(training), image), None
+    facts = read_training_config(training, path, image)
     overrides = dict(facts.overrides)
     if training.get("max_linear") is not None:
         overrides["max_linear"] = training["max_linear"]
     return preset_config(preset, **overrides), facts
+
+
+def with_image_choice(config: PolicyConfig, image: ImageChoice | None) -> PolicyConfig:
+    """``config`` with an explicit team preset or custom pipeline applied.
+
+    ``auto`` and ``package`` keep what the config records.
+    """
+    pipeline = from_choice(image) if image is not None else None
+    if pipeline is None:
+        return config
+    return dataclasses.replace(config, **pipeline_overrides(pipeline))
 
 
 def load_config_file(path: Path, preset: str) -> PolicyConfig:

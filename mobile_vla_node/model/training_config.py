@@ -6,9 +6,12 @@ as ``model_config``. What is read, and from where (details in docs/CHECKPOINTS.m
 * sizes: ``window_size``, ``fwd_pred_next_n`` (top level, else ``act_head``),
   ``act_head.{type, hidden_size, num_layers, action_dim, num_classes, latent, down_sample}``;
 * LoRA: ``train_setup.{lora_enable, lora_r, lora_alpha}``;
-* image normalization and resize filter: an explicit ``image_norm`` key wins; otherwise the
-  training dataset decides (``MobileVLAH5Dataset``: PIL bilinear resize, /255, no mean/std --
-  the ``image_mean``/``image_std`` keys of those configs are not applied by that dataset);
+* image pipeline (resize filter, mean/std; `core.image_pipeline`): the node's
+  ``image_pipeline`` parameter wins; then explicit ``image_norm``/``resize_filter`` keys; else
+  auto from the training dataset (``MobileVLAH5Dataset`` -> ``team_h5_2025``), which is never
+  determined: the JSON lists ``image_mean``/``image_std`` in every version of their code, so it
+  cannot tell their server (bicubic + CLIP), their dataset before 6423566 (bilinear, none) and
+  after it (bilinear + CLIP) apart -- the pick is listed in ``assumed``;
 * action scale (normalized action x scale = m/s): ``max_linear`` / ``action_scale`` if given;
   else ``MobileVLAH5Dataset`` clamps raw teleop velocities (+-1.15 m/s) to [-1, 1], so 1.15;
   the earlier ``MobileVLADataset`` divided by 2.0, so 2.0; ``norm_action`` with a symmetric
@@ -26,16 +29,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.image_pipeline import (
+    CLIP_MEAN,
+    CLIP_STD,
+    TEAM_PRESETS,
+    ImageChoice,
+    Pipeline,
+    ambiguity_note,
+    from_choice,
+    preset,
+)
+from ..core.resize import check_filter
 from .team_layouts import LAYOUT_BY_NAME
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_NORMS = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
     "clip": (CLIP_MEAN, CLIP_STD),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-RESIZE_FILTERS = ("bicubic", "bilinear", "nearest")
 # Training dataset class -> (image_norm, resize filter, action scale, where that comes from).
 DATASET_PIPELINES = {
     "MobileVLAH5Dataset": ("none", "bilinear", 1.15,
@@ -73,6 +84,7 @@ class TrainingFacts:
     notes: dict = field(default_factory=dict)         # field -> where its value came from
     assumed: list = field(default_factory=list)       # values not stated by the config
     refused: list = field(default_factory=list)       # reasons it cannot run faithfully
+    image_undetermined: str = ""                      # why auto's image pipeline is a guess
 
 
 def load_training_json(path: str | Path, _depth: int = 0) -> dict:
@@ -111,7 +123,8 @@ def is_team_config(data: dict) -> bool:
     return not ("backbone" in data and "preset" in data)
 
 
-def read_training_config(data: dict, path: str = "") -> TrainingFacts:
+def read_training_config(data: dict, path: str = "",
+                         image: ImageChoice | None = None) -> TrainingFacts:
     """Map a RoboVLMs training config onto PolicyConfig overrides, with reasons."""
     facts = TrainingFacts(path=str(path))
     head = data.get("act_head") or {}
@@ -172,7 +185,7 @@ def read_training_config(data: dict, path: str = "") -> TrainingFacts:
 
     facts.lora = {"enable": bool(setup.get("lora_enable", False)), "r": setup.get("lora_r"),
                   "alpha": setup.get("lora_alpha")}
-    _image_pipeline(data, facts)
+    _image_pipeline(data, facts, image)
     _action_scale(data, facts, layout)
     return facts
 
@@ -217,10 +230,33 @@ def _class_table(data: dict, classes: int, facts: TrainingFacts) -> None:
     facts.notes["class_velocities"] = where
 
 
-def _image_pipeline(data: dict, facts: TrainingFacts) -> None:
+def _image_pipeline(data: dict, facts: TrainingFacts, choice: ImageChoice | None = None) -> None:
+    """The image pipeline of a team checkpoint.
+
+    Given (``choice``), stated by the JSON, or picked from the training dataset, which is never
+    determined (``facts.image_undetermined``).
+    """
+    choice = choice or ImageChoice()
     dataset = str((data.get("train_dataset") or {}).get("type") or "")
-    norm = data.get("image_norm")
-    filt = data.get("resize_filter")
+    if choice.pipeline == "package":
+        raise ValueError("image_pipeline 'package' is for this package's own checkpoints (their "
+                         "config.json records it); for the team's checkpoints set "
+                         f"image_pipeline to one of {list(TEAM_PRESETS)} or custom")
+    pipeline = from_choice(choice, data.get("image_mean"), data.get("image_std"))
+    if pipeline is None:
+        pipeline = _json_pipeline(data, dataset, facts)
+    if not pipeline.determined:
+        facts.image_undetermined = ambiguity_note(pipeline.name)
+        facts.assumed.append(facts.image_undetermined)
+    facts.overrides.update(pipeline_overrides(pipeline))
+    facts.notes["image_pipeline"] = pipeline.reason
+    facts.notes["image_norm"] = pipeline.reason
+    facts.notes["resize_filter"] = f"{pipeline.resize_filter} ({pipeline.reason})"
+
+
+def _json_pipeline(data: dict, dataset: str, facts: TrainingFacts) -> Pipeline:
+    """``auto`` for a training JSON: its explicit keys, else the dataset (ambiguous)."""
+    norm, filt = data.get("image_norm"), data.get("resize_filter")
     if norm is not None:
         if norm in IMAGE_NORMS:
             mean, std = IMAGE_NORMS[norm]
@@ -229,25 +265,45 @@ def _image_pipeline(data: dict, facts: TrainingFacts) -> None:
         else:
             raise ValueError(f"image_norm {norm!r} must be one of {sorted(IMAGE_NORMS)} or "
                              "'custom' with image_mean and image_std")
-        where = f"image_norm = {norm!r}"
-    elif dataset in DATASET_PIPELINES:
-        norm, dflt, _, why = DATASET_PIPELINES[dataset]
+        filt = filt or "bicubic"
+        check_filter(filt)
+        return Pipeline("custom", filt, tuple(mean), tuple(std), 0,
+                        f"image_norm = {norm!r}, resize_filter = {filt!r} in the config")
+    if dataset == "MobileVLAH5Dataset":
+        p = preset("team_h5_2025")
+        why = f"auto: train_dataset.type {dataset}, as {p.reason}"
+        return Pipeline(p.name, filt or p.resize_filter, p.image_mean, p.image_std, 0, why,
+                        determined=False)
+    if dataset in DATASET_PIPELINES:
+        norm, dflt, _, source = DATASET_PIPELINES[dataset]
         mean, std = IMAGE_NORMS[norm]
-        filt = filt or dflt
-        where = f"train_dataset.type {dataset}: {why}"
-    else:
-        norm, (mean, std) = "clip", IMAGE_NORMS["clip"]
-        where = "assumed CLIP (Kosmos-2 processor)"
-        facts.assumed.append(f"image normalization: training dataset {dataset or '(none)'} is "
-                             "not known; assumed CLIP mean/std with bicubic resize (add "
-                             "image_norm: none|clip|imagenet|custom to the config)")
-    filt = filt or "bicubic"
-    if filt not in RESIZE_FILTERS:
-        raise ValueError(f"resize_filter {filt!r} must be one of {list(RESIZE_FILTERS)}")
-    facts.overrides.update(image_norm=norm, image_mean=list(mean), image_std=list(std),
-                           resize_filter=filt)
-    facts.notes["image_norm"] = where
-    facts.notes["resize_filter"] = f"{filt} ({where})"
+        why = f"auto: train_dataset.type {dataset}: {source}"
+        return Pipeline("auto", filt or dflt, tuple(mean), tuple(std), 0, why, determined=False)
+    p = preset("team_server", data.get("image_mean"), data.get("image_std"))
+    why = (f"auto: training dataset {dataset or '(none)'} is not known: team_server "
+           f"({p.reason})")
+    return Pipeline(p.name, filt or p.resize_filter, p.image_mean, p.image_std, 0, why,
+                    determined=False)
+
+
+def norm_name(mean, std) -> str:
+    """The `IMAGE_NORMS` name of a mean/std pair, or ``custom``."""
+    for name, (m, s) in IMAGE_NORMS.items():
+        if all(abs(float(a) - b) <= 1e-6 for a, b in zip(mean, m, strict=True)) and all(
+                abs(float(a) - b) <= 1e-6 for a, b in zip(std, s, strict=True)):
+            return name
+    return "custom"
+
+
+def pipeline_overrides(pipeline: Pipeline) -> dict:
+    """PolicyConfig overrides of a resolved pipeline."""
+    out = {"image_pipeline": pipeline.name, "resize_filter": check_filter(pipeline.resize_filter),
+           "image_norm": norm_name(pipeline.image_mean, pipeline.image_std),
+           "image_mean": [float(v) for v in pipeline.image_mean],
+           "image_std": [float(v) for v in pipeline.image_std]}
+    if pipeline.image_size:
+        out["image_size"] = int(pipeline.image_size)
+    return out
 
 
 def _action_scale(data: dict, facts: TrainingFacts, layout) -> None:
