@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobile_vla_node.core.chunks import ChunkPlayer
+from mobile_vla_node.core.chunks import ChunkPlayer, select_actions
 
 
 def chunk(*xs):
@@ -121,3 +121,24 @@ def test_clear():
 def test_period_must_be_positive(period):
     with pytest.raises(ValueError, match="must be > 0"):
         ChunkPlayer(period)
+
+
+# --- action_mode (select_actions) -------------------------------------------------------------
+
+def test_chunk_mode_plays_the_whole_chunk():
+    velocities = chunk(0.1, 0.2, 0.3)
+    assert select_actions(velocities, "chunk", first=True) is velocities
+
+
+def test_server_mode_is_chunk0_clipped_with_a_first_frame_zero():
+    """minuum/vla Mobile_VLA/inference_server.py: chunk[0], zero at inference_count 0, +-1.5."""
+    velocities = np.array([[2.0, -1.7, 3.0], [0.1, 0.1, 0.1]])
+    out = select_actions(velocities, "server", first=False)
+    np.testing.assert_array_equal(out, [[1.5, -1.5, 3.0]])   # yaw is not clipped there
+    np.testing.assert_array_equal(select_actions(velocities, "server", first=True),
+                                  [[0.0, 0.0, 0.0]])
+    # non-finite values reach the safety chain unclipped
+    bad = select_actions(np.array([[np.inf, np.nan, 0.0]]), "server", first=False)
+    assert np.isposinf(bad[0, 0]) and np.isnan(bad[0, 1])
+    with pytest.raises(ValueError, match="chunk"):
+        select_actions(velocities, "replay", first=False)

@@ -305,3 +305,22 @@ def test_max_command_chars_above_512_is_honoured(fake):
     text = "go " * 200                                 # 600 characters, 206 ids
     runtime.set_command(text)
     assert runtime.command == text.strip()
+
+
+def test_action_mode_server_plays_chunk0_after_a_zero_first_frame(fake):
+    """Their server's per-call output; the first inference after a command or reset is zero."""
+    server = PolicyRuntime(fake, ActionConfig(action_mode="server"))
+    chunked = PolicyRuntime(fake, ActionConfig())
+    server.set_command(COMMAND)
+    chunked.set_command(COMMAND)
+    first = server.step(frame(1))
+    assert first.velocities.shape == (1, 3) and not first.velocities.any()
+    assert first.actions.shape == (2, 3)            # the raw chunk is still reported
+    full = chunked.step(frame(1)).velocities
+    second = server.step(frame(2)).velocities
+    np.testing.assert_array_equal(second, full[:1])
+    server.reset()
+    assert not server.step(frame(3)).velocities.any()
+    assert server.step(frame(4)).velocities.any()
+    server.set_command(OTHER)
+    assert not server.step(frame(5)).velocities.any()
