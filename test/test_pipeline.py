@@ -116,3 +116,21 @@ def test_latency_summary_is_the_window_summary():
     assert latency_summary([1.23456, 2.0], (50,), ("max",), digits=2) == {
         "p50": 1.62, "max": 2.0, "count": 2}
     assert latency_summary([]) == {"count": 0} and LatencyWindow().summary() == {}
+
+
+def test_the_runtime_gets_a_view_of_the_message_buffer():
+    rules = make_rules()
+    rules.runtime.set_command("go")
+    seen = []
+    step = rules.runtime.step
+
+    def spy(frame, order="rgb"):
+        seen.append((frame, order))
+        return step(frame, order)
+
+    rules.runtime.step = spy
+    msg = frame()
+    msg.data = bytearray(msg.data)   # rclpy hands uint8[] over as a writable buffer
+    FramePipeline(rules).process(msg, 1.0, 1.1)
+    (got, order), = seen
+    assert order == "rgb" and np.shares_memory(got, np.frombuffer(msg.data, np.uint8))

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from mobile_vla_node.core.preprocess import (
+    CpuResize,
     ImageError,
     decode_compressed,
     decode_message,
     decode_raw,
+    decode_view,
     to_model_input,
 )
 
@@ -257,3 +259,83 @@ def test_decode_message_raw_and_compressed():
                           is_bigendian=0)
     with pytest.raises(ImageError, match="10 bytes"):
         decode_message(bad)
+
+
+# --- zero copy and the CPU resize (issue 19) --------------------------------------------------
+
+def _msg(encoding, pixels, pad=0, kind=array.array):
+    step, data = raw(np.ascontiguousarray(pixels), pad)
+    buf = kind("B", data) if kind is array.array else kind(data)
+    return SimpleNamespace(encoding=encoding, height=pixels.shape[0], width=pixels.shape[1],
+                           step=step, is_bigendian=0, data=buf)
+
+
+@pytest.mark.parametrize("encoding, order", [("rgb8", "rgb"), ("bgr8", "bgr"), ("8UC3", "bgr")])
+@pytest.mark.parametrize("pad", [0, 5])
+@pytest.mark.parametrize("kind", [array.array, bytearray, bytes])
+def test_decode_view_hands_on_the_message_buffer_without_a_copy(encoding, order, pad, kind):
+    pixels = RGB if order == "rgb" else RGB[:, :, ::-1]
+    msg = _msg(encoding, pixels, pad, kind)
+    frame, got = decode_view(msg)
+    assert got == order and frame.shape == (2, 3, 3) and frame.dtype == np.uint8
+    assert np.shares_memory(frame, np.frombuffer(msg.data, np.uint8))
+    np.testing.assert_array_equal(frame, pixels)
+    assert frame.flags.c_contiguous == (pad == 0)   # padded rows: a strided view
+
+
+@pytest.mark.parametrize("encoding", ["rgba8", "mono8", "mono16", "yuv422"])
+def test_decode_view_converts_other_encodings(encoding):
+    bpp = {"rgba8": 4, "mono8": 1, "mono16": 2, "yuv422": 2}[encoding]
+    msg = SimpleNamespace(encoding=encoding, height=2, width=4, step=4 * bpp + 2,
+                          is_bigendian=0, data=bytes(range(2 * (4 * bpp + 2))))
+    frame, order = decode_view(msg)
+    assert order == "rgb" and frame.shape == (2, 4, 3)
+    assert not np.shares_memory(frame, np.frombuffer(msg.data, np.uint8))
+
+
+def test_decode_view_rejects_a_short_buffer_as_an_image_error():
+    msg = _msg("rgb8", RGB)
+    msg.data = msg.data[:-1]
+    with pytest.raises(ImageError, match="expected step"):
+        decode_view(msg)
+
+
+def test_padded_mono16_needs_no_view_of_non_contiguous_memory():
+    # numpy < 1.23 refuses .view('<u2') of a row-sliced array; the decoder reads the padded rows
+    # through a strided 16-bit array over the buffer instead (runs on numpy 1.21 too)
+    values = np.array([[0x0102, 0xA0B0, 0xFFFF]] * 3, dtype="<u2")
+    step, data = raw(values, 6)
+    out = decode_raw("mono16", 3, 3, step, bytearray(data))
+    np.testing.assert_array_equal(out[:, :, 0], np.array([[0x01, 0xA0, 0xFF]] * 3, np.uint8))
+
+
+def _scene(width, height):
+    from mobile_vla_node.demo import synthetic
+
+    return synthetic.render(synthetic.random_scene(np.random.default_rng(5)), width, height)
+
+
+@pytest.mark.parametrize("resize_filter", ["bicubic", "bilinear"])
+def test_cpu_resize_torch_engine_is_within_one_level_of_pil(resize_filter):
+    fast = CpuResize(224, resize_filter)
+    assert fast.engine == "torch"
+    rng = np.random.default_rng(0)
+    for rgb in (_scene(640, 480), rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)):
+        ref = to_model_input(rgb, 224, resize_filter=resize_filter).astype(int)
+        assert np.abs(fast(rgb).astype(int) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("resize_filter", ["bicubic", "nearest", "lanczos"])
+def test_cpu_resize_pil_engine_and_channel_swap(resize_filter):
+    rgb = _scene(640, 480)
+    ref = to_model_input(rgb, 224, resize_filter=resize_filter)
+    exact = CpuResize(224, resize_filter, engine="pil")
+    np.testing.assert_array_equal(exact(rgb), ref)
+    # a bgr camera frame (a view with padded rows) for an rgb model: swapped after the resize
+    bgr = _msg("bgr8", rgb[:, :, ::-1], pad=4)
+    frame, order = decode_view(bgr)
+    np.testing.assert_array_equal(exact(frame, order), ref)
+    bgr_model = CpuResize(224, resize_filter, "bgr", engine="pil")
+    np.testing.assert_array_equal(bgr_model(frame, order), ref[:, :, ::-1])
+    assert CpuResize(224, resize_filter).engine == ("torch" if resize_filter == "bicubic"
+                                                    else "pil")

@@ -5,9 +5,11 @@ On CUDA two options cut the per-step overhead (docs/GPU.md):
 * ``cuda_graph: true`` replays the per-frame encoder and the window step from CUDA graphs, one
   per static shape (`torch_cuda_graphs`); a shape whose capture fails runs eagerly, with the reason
   logged and shown in ``describe().extra["cuda_graph"]``. On the CPU it is reported unavailable.
-* ``device_preprocess: true`` (the default) makes `infer_raw` upload the decoded uint8 camera frame
-  once and resize it on the GPU (`torch_preprocess`, PIL-matching antialiased bicubic), so
-  `PolicyRuntime.step` skips the CPU resize (``preprocesses_on_device``).
+* ``device_preprocess: true`` (the default) makes `infer_raw` upload the camera's uint8 frame once
+  and resize it on the GPU inside the encoder (`model.preprocessing.FramePreprocess`: every PIL
+  filter, bit-exact), so `PolicyRuntime.step` skips the CPU resize (``preprocesses_on_device``).
+  On the CPU the runtime's resize (`core.preprocess.CpuResize`) is faster than the in-graph one
+  (docs/BENCHMARKS.md, "Preprocessing"), so it is kept there.
 """
 
 from __future__ import annotations
@@ -81,20 +83,14 @@ class TorchBackend(InferenceBackend):
 
     def _setup_device_preprocess(self, cfg, warnings: list) -> str:
         """Decide whether `infer_raw` resizes on the device; return the diagnostics text."""
-        from .torch_preprocess import unsupported_reason
-
         self.preprocesses_on_device = False
         if not getattr(cfg, "device_preprocess", True):
-            return "cpu (PIL; device_preprocess: false)"
+            return "cpu (runtime resize; device_preprocess: false)"
         if self.device.type != "cuda":
-            return "cpu (PIL)"
-        reason = unsupported_reason(self._resize_filter)
-        if reason:
-            warnings.append(f"device_preprocess off: {reason}")
-            return f"cpu (PIL; device_preprocess off: {reason})"
+            return "cpu (runtime resize: faster than the in-graph one on a CPU)"
         self.preprocesses_on_device = True
-        return (f"{cfg.device} (torch antialiased {self._resize_filter}, float32, PIL-matching "
-                "within 2 uint8 levels)")
+        return (f"{cfg.device} (in the encoder: PIL {self._resize_filter} tables, int32, "
+                "bit-exact)")
 
     def _setup_graphs(self, cfg, warnings: list) -> str:
         """Create the graph cache when ``cuda_graph`` is on and possible; return its state."""
@@ -153,10 +149,11 @@ class TorchBackend(InferenceBackend):
 
     def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
                   channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """Decoded RGB uint8 (H, W, 3) frame of any size -> (feature, actions).
+        """Camera uint8 (H, W, 3) frame of any size (any strides) -> (feature, actions).
 
-        With ``preprocesses_on_device`` the frame is uploaded once and resized on the device;
-        otherwise it is resized on the CPU with PIL first (the base class's behaviour).
+        With ``preprocesses_on_device`` the frame is uploaded once and resized inside the encoder
+        on the device (``channel_order`` "bgr": swap its channels there); otherwise it is resized
+        on the CPU first (the base class's behaviour).
         """
         if not self.preprocesses_on_device:
             return super().infer_raw(rgb, text_ids, history, channel_order)
@@ -194,12 +191,16 @@ class TorchBackend(InferenceBackend):
     def _raw_encoder(self, channel_order: str):
         encoders = self.__dict__.setdefault("_raw_encoders", {})
         if channel_order not in encoders:
-            from .torch_preprocess import resize_like_pil
-
-            size, resize_filter, encode = self.spec.image_size, self._resize_filter, self._encode
+            encode, torch = self._encode, self.torch
+            swap = channel_order == "bgr"
 
             def encode_raw(frames, ids):
-                return encode(resize_like_pil(frames, size, resize_filter, channel_order), ids)
+                # encode_frame resizes a camera-size frame in-graph (FramePreprocess); the swap
+                # is a 3-channel gather of the frame
+                if swap:
+                    frames = frames.index_select(3, torch.tensor([2, 1, 0],
+                                                                 device=frames.device))
+                return encode(frames, ids)
 
             encoders[channel_order] = encode_raw
         return encoders[channel_order]

@@ -1,11 +1,12 @@
 """The frame pipeline shared by the node and offline replay: decode -> step -> chunk -> control.
 
-One received camera frame goes through `decode_message`, `PolicyRuntime.step`, becomes a
-`ChunkMeta` and is handed to the control loop by `InputRules.step_done`. A malformed frame and a
-backend exception are recorded in the rules (the robot stops until good input returns) and never
-raised. No clocks of its own: the caller gives the image stamp, the transport delay and the time
-at which the step finished (a value, or a callable read after inference), and the result says
-what happened so that the caller can log and count.
+One received camera frame goes through `decode_view` (rgb8/bgr8: a view of the message
+buffer, no copy), `PolicyRuntime.step`, becomes a `ChunkMeta` and is handed to the control loop
+by `InputRules.step_done`. A malformed frame and a backend exception are recorded in the rules
+(the robot stops until good input returns) and never raised. No clocks of its own: the caller
+gives the image stamp, the transport delay and the time at which the step finished (a value, or
+a callable read after inference), and the result says what happened so that the caller can log
+and count.
 
 Threads: decode and inference run without the caller's lock; every call into the rules (and
 ``on_step``) runs under it, so the node can run this on its inference worker thread while the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .control import ChunkMeta
-from .preprocess import ImageError, decode_message
+from .preprocess import ImageError, decode_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inputs import InputRules
@@ -68,9 +69,9 @@ class FramePipeline:
         rules = self.rules
         t0 = self.clock()
         try:
-            rgb = decode_message(msg)
+            frame, order = decode_view(msg)   # rgb8/bgr8: a view of msg.data, no copy
             decode_ms = (self.clock() - t0) * 1e3
-            result = rules.runtime.step(rgb)
+            result = rules.runtime.step(frame, order)
         except ImageError as exc:
             with self.lock:
                 rules.bad_image(exc)

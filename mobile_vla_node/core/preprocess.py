@@ -1,10 +1,20 @@
 """Image decoding and model-input preparation, independent of ROS message classes.
 
-Raw ``sensor_msgs/Image`` fields or ``CompressedImage`` bytes -> RGB uint8 (H, W, 3) -> resized to
-the model's input with the PIL filter it was trained with (bicubic: Kosmos-2's CLIP image
-processor; bilinear: RoboVLMs' H5 training) -> channel order the model was trained with.
-Normalization (/255, then none / CLIP / ImageNet / custom mean and std, from the policy config)
-is part of the model (it runs on the model's device, and exported graphs carry it).
+Raw ``sensor_msgs/Image`` fields or ``CompressedImage`` bytes -> uint8 (H, W, 3) -> resized to
+the model's input with the PIL filter it was trained with -> channel order the model was trained
+with. Normalization (/255, then the image pipeline's mean and std) is part of the model (it runs
+on the model's device, and exported graphs carry it).
+
+Zero copy: `decode_view` returns rgb8, bgr8 and 8UC3 frames as a numpy view of the message's
+buffer (``np.frombuffer`` on ``msg.data``; padded rows stay a strided view) together with their
+channel order; only other encodings (alpha, mono, YUV, compressed) are converted, on the CPU.
+The channel swap of a bgr frame happens after the resize (3 channels of the small image) or
+inside the encoder graph.
+
+Resize on the CPU (`CpuResize`, for backends whose graph takes the model-size image): Pillow is
+the reference; torch's uint8 antialiased kernel (a port of Pillow-SIMD: bilinear and bicubic)
+is within 1 uint8 level of it and about 5x faster, so it is used where torch is installed
+(docs/BENCHMARKS.md, "Preprocessing"). `core.resize` has the exact tables.
 """
 
 from __future__ import annotations
@@ -53,7 +63,10 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data,
     bpp = check_raw(encoding, height, width, step, buf.size)
     rows = buf.reshape(height, step)[:, : width * bpp]
     if enc in ("mono16", "16uc1"):
-        pixels = rows.view(">u2" if is_bigendian else "<u2").reshape(height, width)
+        # A strided 16-bit view of the padded rows (no .view() of a non-contiguous array, which
+        # numpy < 1.23 rejects: "array must be C-contiguous").
+        pixels = np.ndarray((height, width), dtype=">u2" if is_bigendian else "<u2",
+                            buffer=buf, strides=(step, 2))
         gray = (pixels >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if bpp == 1:
@@ -72,6 +85,21 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data,
     return cv2.cvtColor(np.ascontiguousarray(img), conversions[enc])
 
 
+# encodings handed on as a view of the message buffer: encoding -> channel order
+VIEW_ENCODINGS = {"rgb8": "rgb", "bgr8": "bgr", "8uc3": "bgr"}
+
+
+def view_raw(encoding: str, height: int, width: int, step: int, data) -> tuple[np.ndarray, str]:
+    """rgb8/bgr8/8UC3 fields -> (uint8 (H, W, 3) view of ``data``, channel order); no copy.
+
+    Padded rows (``step > 3 * width``) give a strided view. Other encodings: `decode_raw`.
+    """
+    order = VIEW_ENCODINGS[encoding.lower()]
+    buf = np.frombuffer(data, dtype=np.uint8)
+    check_raw(encoding, height, width, step, buf.size)
+    return np.ndarray((height, width, 3), np.uint8, buffer=buf, strides=(step, 3, 1)), order
+
+
 def decode_compressed(fmt: str, data) -> np.ndarray:
     """Decode ``CompressedImage`` bytes (jpeg/png, any format string naming them) to RGB."""
     import cv2
@@ -87,14 +115,17 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-RESIZE_FILTERS = ("bicubic", "bilinear", "nearest")
+PIL_FILTER_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+RESIZE_FILTERS = tuple(PIL_FILTER_IDS)
+TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic"}   # torch's PIL-like uint8 kernels
 
 
 def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb",
                    resize_filter: str = "bicubic") -> np.ndarray:
     """Resize RGB uint8 to (size, size, 3) with the model's PIL filter, apply its channel order.
 
-    Bicubic is Kosmos-2's processor; bilinear is what RoboVLMs' H5 training used.
+    The reference (Pillow itself). Bicubic is Kosmos-2's processor and the team's inference
+    server; bilinear is what RoboVLMs' H5 training used.
     """
     from PIL import Image
 
@@ -104,12 +135,97 @@ def to_model_input(rgb: np.ndarray, size: int, channel_order: str = "rgb",
         raise ValueError(f"resize_filter {resize_filter!r} must be one of {RESIZE_FILTERS}")
     if rgb.shape[:2] != (size, size):
         # np.array: a writable copy, so backends can wrap it without another copy.
-        pil_filter = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
-                      "nearest": Image.NEAREST}[resize_filter]
-        rgb = np.array(Image.fromarray(rgb).resize((size, size), pil_filter))
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), PIL_FILTER_IDS[resize_filter]))
     if channel_order == "bgr":
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb)
+
+
+def decode_view(msg) -> tuple[np.ndarray, str]:
+    """An Image/CompressedImage message -> (uint8 (H, W, 3) frame, its channel order).
+
+    rgb8/bgr8/8UC3 frames are a view of ``msg.data`` (no copy); every other encoding is
+    converted to RGB. Failures are ImageError, as in `decode_message`.
+    """
+    if not hasattr(msg, "format") and msg.encoding.lower() in VIEW_ENCODINGS:
+        try:
+            return view_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ImageError):
+                raise
+            raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+    return decode_message(msg), "rgb"
+
+
+class CpuResize:
+    """uint8 (H, W, 3) frame (any strides) -> (size, size, 3) in the model's channel order.
+
+    ``engine``: ``torch`` (torch's antialiased uint8 kernel; bilinear/bicubic; within 1 uint8
+    level of Pillow), ``pil`` (Pillow itself), or ``auto`` (torch where it is installed and the
+    filter has a kernel, else Pillow). A node whose backend is not torch runs torch's resize on
+    one intra-op thread: a second OpenMP thread spinning after each call would take the control
+    thread's core on a small CPU.
+    """
+
+    def __init__(self, size: int, resize_filter: str = "bicubic", channel_order: str = "rgb",
+                 engine: str = "auto"):
+        if resize_filter not in RESIZE_FILTERS:
+            raise ValueError(f"resize_filter {resize_filter!r} must be one of {RESIZE_FILTERS}")
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order {channel_order!r} must be rgb or bgr")
+        self.size, self.resize_filter, self.channel_order = int(size), resize_filter, channel_order
+        self._torch = None
+        if engine in ("auto", "torch") and resize_filter in TORCH_MODES:
+            import sys
+
+            torch_loaded = "torch" in sys.modules
+            try:
+                import torch
+            except ImportError:
+                if engine == "torch":
+                    raise
+            else:
+                if not torch_loaded:
+                    torch.set_num_threads(1)
+                self._torch = torch
+        elif engine == "torch":
+            raise ValueError(f"resize_filter {resize_filter!r} has no torch kernel; use pil")
+        self.engine = "torch" if self._torch is not None else "pil"
+
+    def describe(self) -> str:
+        """For diagnostics: engine and filter."""
+        if self.engine == "torch":
+            return (f"cpu: torch {self._torch.__version__} uint8 antialiased "
+                    f"{self.resize_filter} (within 1 level of PIL)")
+        return f"cpu: PIL {self.resize_filter}"
+
+    def __call__(self, frame: np.ndarray, order: str = "rgb") -> np.ndarray:
+        """Resize ``frame`` (channel order ``order``) and put it in the model's channel order."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ImageError(f"expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        swap = order != self.channel_order
+        if frame.shape[:2] == (self.size, self.size):
+            out = frame
+        elif self.engine == "torch":
+            out = self._resize_torch(frame)
+        else:
+            from PIL import Image
+
+            out = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(
+                (self.size, self.size), PIL_FILTER_IDS[self.resize_filter]))
+        if swap:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out)
+
+    def _resize_torch(self, frame: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if not frame.flags.writeable:   # torch wants writable memory; it only reads it
+            frame = frame.copy()
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None]   # channels-last (1, 3, H, W) view
+        y = torch.nn.functional.interpolate(x, size=(self.size, self.size),
+                                            mode=TORCH_MODES[self.resize_filter],
+                                            antialias=True, align_corners=False)
+        return y[0].permute(1, 2, 0).numpy()
 
 
 def decode_message(msg) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..model import token_layouts
 from .chunks import select_actions
 from .config import ActionConfig
 from .postprocess import ActionPostprocessor
-from .preprocess import ImageError, to_model_input
+from .preprocess import CpuResize, ImageError
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -51,6 +51,9 @@ class PolicyRuntime:
         self.channel_order = action.channel_order
         self.post = ActionPostprocessor.for_spec(action, self.spec)
         self.resize_filter = getattr(self.spec, "resize_filter", "bicubic")
+        # model-size graphs: the frame is resized here, on the CPU (backends that take the
+        # camera frame, preprocesses_on_device, resize inside their graph)
+        self.resizer = CpuResize(self.spec.image_size, self.resize_filter, self.channel_order)
         self.max_command_chars = max_command_chars
         self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
         self.action_mode = getattr(action, "action_mode", "chunk")
@@ -106,21 +109,21 @@ class PolicyRuntime:
                                        int(getattr(self.spec, "image_tokens", 0)))
         return ("yes: " if vis.blind else "no: ") + vis.describe()
 
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB frame -> the model's uint8 input (size and channel order)."""
-        return to_model_input(rgb, self.spec.image_size, self.channel_order, self.resize_filter)
+    def prepare(self, rgb: np.ndarray, order: str = "rgb") -> np.ndarray:
+        """Frame (channel order ``order``) -> the model's uint8 input (size and channel order)."""
+        return self.resizer(rgb, order)
 
-    def step(self, rgb: np.ndarray) -> StepResult | None:
-        """Run one frame; None without a command or if the command changed meanwhile.
+    def step(self, rgb: np.ndarray, order: str = "rgb") -> StepResult | None:
+        """Run one frame (uint8 (H, W, 3) in channel order ``order``, any strides).
 
-        A backend with ``preprocesses_on_device`` gets the decoded frame itself (`infer_raw`):
-        then ``preprocess_ms`` is only the frame check and the resize is inside ``inference_ms``.
+        None without a command or if the command changed meanwhile. A backend with
+        ``preprocesses_on_device`` gets the frame itself (`infer_raw`, told whether to swap
+        channels): then ``preprocess_ms`` is only the frame check and the resize is inside
+        ``inference_ms``.
         """
         t0 = time.perf_counter()
-        # Device resizing reproduces PIL bicubic only; other filters resize on the CPU.
-        on_device = (getattr(self.backend, "preprocesses_on_device", False)
-                     and self.resize_filter == "bicubic")
-        image = check_rgb(rgb) if on_device else self.prepare(rgb)
+        on_device = getattr(self.backend, "preprocesses_on_device", False)
+        image = check_rgb(rgb) if on_device else self.prepare(rgb, order)
         t1 = time.perf_counter()
         with self._lock:
             if self.text_ids is None:
@@ -128,8 +131,9 @@ class PolicyRuntime:
             ids, generation, first = self.text_ids, self.generation, self.steps == 0
             history = (np.stack(self.history) if self.history
                        else np.zeros((0, self.spec.feature_dim), np.float32))
-        if on_device:
-            feature, actions = self.backend.infer_raw(image, ids, history, self.channel_order)
+        if on_device:   # infer_raw's "bgr": swap the channels (frame and model orders differ)
+            swap = "bgr" if order != self.channel_order else "rgb"
+            feature, actions = self.backend.infer_raw(image, ids, history, swap)
         else:
             feature, actions = self.backend.infer(image, ids, history)
         t2 = time.perf_counter()

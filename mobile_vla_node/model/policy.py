@@ -6,8 +6,9 @@ The work is split where the runtime splits it:
   prompt and a learnable ``[action]`` embedding, arranged by the config's token layout
   (`token_layouts`: the package's ``<s> <image> [image] </image> prompt [action]``, or the team's
   ``robovlms_kosmos`` / ``robovlms_patched``); the action slot's last hidden state is the
-  frame's feature. Image normalization (uint8 -> /255 -> the config's mean/std: none, CLIP or
-  ImageNet) happens here, on the model's device, so exported graphs carry it.
+  frame's feature. Image preprocessing (`preprocessing.FramePreprocess`: a camera-size uint8
+  frame is resized with the pipeline's PIL filter, bit-exact; then /255 and the pipeline's
+  mean/std) happens here, on the model's device, so exported graphs carry it.
 * `decode` runs the LSTM from a given state over a window of cached features and maps the last
   output to a chunk of ``fwd_pred_next_n`` normalized actions in [-1, 1] (regression head) or
   class logits (classification head).
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from . import token_layouts
+from .preprocessing import FramePreprocess
 
 
 class MLPTanhHead(nn.Module):
@@ -100,13 +102,19 @@ class MobileVLAPolicy(nn.Module):
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.image_std).view(1, 3, 1, 1),
                              persistent=False)
+        # camera frame -> model input (resize with the pipeline's PIL filter, mean/std), in-graph
+        self.preprocess = FramePreprocess(config.image_size, config.resize_filter,
+                                          config.image_mean, config.image_std)
         self.token_layout = token_layouts.check_layout(config.token_layout, allow_auto=False)
         self._grow_positions()
 
     def normalize_image(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) in the model's channel order -> normalized float (B, 3, H, W)."""
-        x = images.permute(0, 3, 1, 2).to(self.pixel_mean.dtype) / 255.0
-        return (x - self.pixel_mean) / self.pixel_std
+        """uint8 (B, H, W, 3) in the model's channel order -> normalized float (B, 3, S, S).
+
+        Frames of another size than the model's are resized first, as PIL does it
+        (`FramePreprocess`: bit-exact, traceable into the exported graphs).
+        """
+        return self.preprocess(images, dtype=self.pixel_mean.dtype)
 
     def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
         """Kosmos-2's image path (as in ``Kosmos2Model.forward``, transformers 4.x and 5.x)."""
