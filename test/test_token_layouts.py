@@ -298,3 +298,17 @@ def test_every_layout_exports_to_onnx_with_parity(tmp_path, team_files, layout):
         f_torch, a_torch = torch_backend.infer(image, ids, history)
         np.testing.assert_allclose(f_onnx, f_torch, atol=1e-4)
         np.testing.assert_allclose(a_onnx, a_torch, atol=1e-4)
+
+
+def test_diagnostics_show_whether_the_command_counts():
+    from mobile_vla_node.core.config import DiagnosticsConfig
+    from mobile_vla_node.core.diagnostics import NodeStats, build_statuses
+
+    cfg = DiagnosticsConfig()
+    stats = NodeStats(cfg.latency_window, 0.05)
+    note = "yes: " + tl.visibility(tl.KOSMOS, 12, LATENT).describe()
+    inference = build_statuses("vla", "hw", cfg, stats, {}, [], {"instruction_blind": note},
+                               0.0)[0]
+    assert inference.values["instruction_blind"] == note and tl.BLIND_TEXT in note
+    assert build_statuses("vla", "hw", cfg, stats, {}, [], {}, 0.0)[0].values[
+        "instruction_blind"] == "n/a"

@@ -92,6 +92,8 @@ def _inference_status(name, hw, cfg, stats, backend_values, warnings, control, n
                    "steps": str(c["steps"]), "inference_errors": str(c["inference_errors"]),
                    "non_finite_actions": str(c["non_finite_actions"]),
                    "discarded_steps": str(c["discarded_steps"])})
+    # Whether the current command's tokens reach the action token (token layout, docs/CHECKPOINTS)
+    values["instruction_blind"] = control.get("instruction_blind") or "n/a"
     p99 = stats.latency["inference"].summary().get("p99")
     if control.get("fault") == "inference_error":
         level, msg = ERROR, f"inference failing: {control.get('last_error', '')}"

@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_UNFAITHFUL, EXIT_USAGE = 0, 1, 2
+PROBE_INSTRUCTIONS = ("Navigate to the gray basket on the left",
+                      "Navigate to the gray basket on the right")
+PROBE_FRAMES = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--allow-unsafe-pickle", action="store_true",
                      help="full pickle (can run code): only for files you trust")
     add_image_arguments(ins)
+    from .cli import add_layout_arguments
+
+    add_layout_arguments(ins)
+    ins.add_argument("--probe", action="store_true",
+                     help="run the checkpoint on the same frames with two instructions and "
+                          "print how much the actions differ (loads the weights)")
+    ins.add_argument("--instructions", nargs=2, default=list(PROBE_INSTRUCTIONS),
+                     metavar=("A", "B"), help="the probe's two instructions (default: "
+                     f"{PROBE_INSTRUCTIONS[0]!r} and {PROBE_INSTRUCTIONS[1]!r})")
     return parser
 
 
@@ -88,7 +100,9 @@ def inspect(args) -> int:
         return EXIT_USAGE
     source = ModelSource(args.preset or "mobile-vla-kosmos2", str(path), args.backbone_path,
                          True, args.allow_unsafe_pickle, args.config,
-                         image=image_choice(args))
+                         image=image_choice(args),
+                         token_layout=getattr(args, "token_layout", "auto"),
+                         tokenizer_path=getattr(args, "tokenizer_path", ""))
     try:
         prep = prepare(source)
         if not args.preset and _is_tiny(prep):     # re-read only small files
@@ -97,16 +111,66 @@ def inspect(args) -> int:
     except CheckpointError as exc:
         print(f"checkpoint   : {path}\nverdict      : CANNOT READ: {exc}")
         return EXIT_UNFAITHFUL
-    report = Report(prep, source)
+    report = Report(prep, source, tuple(getattr(args, "instructions", PROBE_INSTRUCTIONS)))
+    if getattr(args, "probe", False):
+        report.probe = run_probe(prep, source, report.instructions)
     print(report.render())
     return EXIT_OK if report.faithful() else EXIT_UNFAITHFUL
+
+
+def run_probe(prep, source, instructions, n_frames: int = PROBE_FRAMES) -> dict:
+    """Both instructions on the same seeded frames, windows as the runtime builds them.
+
+    Returns the largest action difference (normalized, and m/s for a regression head), the
+    class disagreements of a classification head, and the prompts' token counts; or
+    ``{"error": why}`` when the checkpoint cannot be loaded.
+    """
+    import numpy as np
+    import torch
+
+    from ..model.errors import CheckpointError
+    from ..model.loader import load_policy
+
+    if prep.problems:
+        return {"error": "not run: the checkpoint cannot be loaded (see the verdict)"}
+    try:
+        loaded = load_policy(source)
+    except (CheckpointError, ValueError, OSError) as exc:
+        return {"error": f"not run: {exc}"}
+    model, cfg = loaded.model, loaded.config
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (n_frames, cfg.image_size, cfg.image_size, 3),
+                                           dtype=np.uint8))
+    outputs, counts = [], []
+    with torch.no_grad():
+        for text in instructions:
+            ids = torch.from_numpy(loaded.tokenizer.encode(text))[None]
+            counts.append(int(ids.shape[1]))
+            feats = model.encode_frame(frames, ids.expand(n_frames, -1))
+            chunks = []
+            for i in range(n_frames):      # the runtime's window: up to window_size features
+                window = feats[max(0, i + 1 - cfg.window_size):i + 1][None]
+                h0, c0 = model.zero_state(1)
+                chunks.append(model.decode(window, h0, c0)[0][0])
+            outputs.append(torch.stack(chunks).double().numpy())
+    diff = float(np.abs(outputs[0] - outputs[1]).max())
+    result = {"instructions": list(instructions), "ids": counts, "frames": n_frames,
+              "max_abs": diff, "layout": cfg.token_layout}
+    if cfg.head == "classification":
+        result["class_changes"] = int((outputs[0].argmax(-1) != outputs[1].argmax(-1)).sum())
+        result["steps"] = int(outputs[0].shape[0] * outputs[0].shape[1])
+    else:
+        result["max_abs_mps"] = diff * cfg.max_linear
+    return result
 
 
 class Report:
     """The inspect report of one prepared checkpoint."""
 
-    def __init__(self, prep, source):
+    def __init__(self, prep, source, instructions=PROBE_INSTRUCTIONS):
         self.prep, self.source = prep, source
+        self.instructions = tuple(instructions)
+        self.probe: dict | None = None
         self.missing, self.unexpected, self.shapes_bad = [], [], []
         self.reasons = list(prep.problems)
         if prep.layout is not None and not prep.problems:
@@ -172,6 +236,7 @@ class Report:
         lines.append(f"LSTM         : hidden {cfg.lstm_hidden}, layers {cfg.lstm_layers}; MLP "
                      f"{cfg.mlp_hidden}" + _why(n, "lstm_hidden"))
         lines += self.image_lines()
+        lines += self.layout_lines()
         if cfg.head != "classification":
             lines.append(f"action scale : x{cfg.max_linear:g} m/s" + _why(n, "max_linear"))
         if cfg.fwd_pred_next_n > 1:
@@ -193,6 +258,45 @@ class Report:
             lines.append("verdict      : CANNOT RUN FAITHFULLY:")
             lines += [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
+
+    def layout_lines(self) -> list:
+        """Token layout, tokenizer, whether commands reach the action token, and the probe."""
+        from ..model import token_layouts as tl
+
+        p, cfg = self.prep, self.prep.config
+        lines = [f"token layout : {p.notes.get('token_layout', cfg.token_layout)}",
+                 f"tokenizer    : {p.notes.get('tokenizer', 'n/a')}"
+                 + (f"; max_text_len {cfg.max_text_len}" + _why(p.notes, "max_text_len")
+                    if cfg.token_layout in tl.TEAM_LAYOUTS else "")]
+        latent = int(cfg.backbone.get("latent_query_num", 64))
+        if cfg.token_layout == tl.KOSMOS:
+            lines.append(f"instructions : INSTRUCTION-BLIND: {tl.BLIND_TEXT} (the first {latent} "
+                         f"prompt positions hold image tokens; every prompt of up to "
+                         f"{tl.blind_limit(latent)} ids, <s> and </s> included, is lost but for "
+                         "its length; a longer prompt's ids from "
+                         f"{latent} on reach the action token)")
+            counts = self._prompt_ids()
+            for text, n in counts:
+                lines.append(f"  {text!r}: {n} ids -> "
+                             + tl.visibility(cfg.token_layout, n, latent).describe())
+        else:
+            lines.append(f"instructions : every prompt id reaches the action token "
+                         f"({cfg.token_layout} layout)")
+        if self.probe is not None:
+            lines.append("probe        : " + _probe_text(self.probe, cfg))
+        return lines
+
+    def _prompt_ids(self) -> list:
+        """(instruction, token count) of the probe instructions, if the tokenizer loads."""
+        from ..model.loader import make_tokenizer
+
+        if not self.prep.tokenizer_file:
+            return []
+        try:
+            tok = make_tokenizer(self.prep)
+            return [(t, len(tok.encode(t))) for t in self.instructions]
+        except (ValueError, OSError):
+            return []
 
     def image_lines(self) -> list:
         """The image pipeline: values, preset, why, and whether it is determined."""
@@ -222,12 +326,33 @@ class Report:
                      if s.backbone_path else ""))
         rows.append(("strict_loading", True))
         rows += _image_rows(s.image, p)
+        if s.tokenizer_path:
+            rows.append(("tokenizer_path", str(Path(s.tokenizer_path).resolve())))
+        if s.token_layout != "auto" or p.team:
+            rows.append(("token_layout", p.config.token_layout))
         text = ["/**:", "  ros__parameters:"]
         for key, value in rows:
             val = ("true" if value is True else f'"{value}"' if isinstance(value, str)
                    else f"{value}")   # lists print as YAML flow sequences
             text.append(f"    {key}: {val}")
         return "\n".join(text)
+
+
+def _probe_text(probe: dict, cfg) -> str:
+    if "error" in probe:
+        return probe["error"]
+    a, b = probe["instructions"]
+    head = (f"{a!r} ({probe['ids'][0]} ids) vs {b!r} ({probe['ids'][1]} ids) on "
+            f"{probe['frames']} frames: ")
+    if "class_changes" in probe:
+        body = (f"max |logit difference| {probe['max_abs']:.3g}, {probe['class_changes']} of "
+                f"{probe['steps']} chunk steps change class")
+    else:
+        body = (f"max |action difference| {probe['max_abs']:.3g} (normalized) = "
+                f"{probe['max_abs_mps']:.3g} m/s")
+    if probe["max_abs"] == 0.0:
+        body += " -- the instruction does not change the actions"
+    return head + body
 
 
 def _image_rows(choice, prep) -> list:

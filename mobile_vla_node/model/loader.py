@@ -213,7 +213,18 @@ def choose_tokenizer(prep: Prepared, source: ModelSource) -> None:
             "folder) or backbone_path; the built-in word-level tokenizer would give other ids")
         prep.notes["tokenizer"] = "none (refused: set tokenizer_path or backbone_path)"
         return
+    if path and not _has_tokenizer(Path(path).expanduser()):
+        prep.problems.append(f"{why}: {path!r} holds no tokenizer (tokenizer.json, or "
+                             "tokenizer_config.json with its vocabulary); set tokenizer_path")
     prep.notes["tokenizer"] = f"{path or 'built-in'} ({why})"
+
+
+def _has_tokenizer(path: Path) -> bool:
+    """A tokenizer.json file, or a folder `load_tokenizer` can read."""
+    if path.is_file():
+        return True
+    return path.is_dir() and any((path / name).is_file() for name in (
+        "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model"))
 
 
 def make_tokenizer(prep: Prepared) -> PromptTokenizer:

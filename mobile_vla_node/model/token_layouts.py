@@ -79,9 +79,9 @@ class Visibility:
         if self.layout != KOSMOS:
             return f"sees all {self.n_ids} prompt ids ({self.layout})"
         if self.blind:
-            return (f"instruction-blind: {BLIND_TEXT} (all {self.overwritten} of the prompt's "
-                    f"{self.n_ids} ids before </s> are image positions; only the prompt's "
-                    "length counts)")
+            tail = ", only its </s> survives" if self.n_ids > self.overwritten else ""
+            return (f"instruction-blind: {BLIND_TEXT} ({self.overwritten} of its {self.n_ids} "
+                    f"ids are image positions{tail}; only its length counts)")
         return (f"partly seen: the first {self.overwritten} of {self.n_ids} prompt ids are "
                 f"overwritten by image tokens, ids {self.overwritten}..{self.n_ids - 1} reach "
                 "the action token")

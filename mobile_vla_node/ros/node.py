@@ -225,6 +225,8 @@ class VlaNode(LifecycleNode):
         for warning in info.warnings:
             self.get_logger().warning(warning)
         runtime = PolicyRuntime(backend, cfg.action, cfg.control.max_command_chars)
+        if runtime.layout_warning():
+            self.get_logger().warning(runtime.layout_warning())
         control = ControlLoop(cfg.control, cfg.safety, backend.spec.chunk_step_period_s)
         control.set_active(False)
         with self._lock:
@@ -477,6 +479,7 @@ class VlaNode(LifecycleNode):
                 "control_thread": self.control_thread.scheduling,
                 "gc_collections": self.gc_pauses.count,
                 "command": self.runtime.command if self.runtime else None,
+                "instruction_blind": self.runtime.instruction_note() if self.runtime else "",
                 "enabled": control.enabled if control else None,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
                 "incompatible_qos": dict(self.incompatible_qos),
