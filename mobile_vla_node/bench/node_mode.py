@@ -9,14 +9,19 @@ publisher here. Two sources of figures, kept apart in the output:
   ``overhead = transport + preprocess`` per step and ``scheduling = end_to_end - transport -
   preprocess - inference`` (worker wake-up plus the wait for the next control tick, which alone is
   uniform in [0, period), mean period/2);
-* control-timer jitter twice: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its timer
-  callback start times, from /diagnostics); ``twist_arrival`` is |interval - period| of /cmd_vel
-  arrivals at this process, which adds DDS delivery and this process's executor (an upper bound of
-  what a subscriber sees).
+* control-timer jitter three times: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its
+  tick times, from /diagnostics); ``twist_arrival_probe`` is |interval - period| of /cmd_vel
+  arrivals at the bare subscriber (below), which adds DDS delivery: what a subscriber that does
+  nothing else sees; ``twist_arrival`` is the same at this process, which also publishes the
+  frames (an upper bound).
+* a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
+  receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
+  ``overhead_ratio`` = the node's overhead p99 / that transport p99.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -188,20 +193,97 @@ def _num(values: dict, key: str) -> float | None:
         return None
 
 
+class Probe:
+    """The bare subscriber (`bench.probe`) in its own process: start, wait until ready, collect."""
+
+    def __init__(self, env: dict, image_topic: str = "/camera/image_raw",
+                 cmd_vel_topic: str = "/cmd_vel"):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mobile_vla_node.bench.probe", image_topic, cmd_vel_topic],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self._ready = threading.Event()
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.strip() == "ready":
+                self._ready.set()
+            else:
+                self._lines.append(line)
+
+    def ready(self) -> bool:
+        """It has received a Twist from the node (its subscriptions are matched)."""
+        if self.proc.poll() is not None and not self._ready.is_set():
+            raise RuntimeError(f"the bare subscriber exited (code {self.proc.returncode})")
+        return self._ready.is_set()
+
+    def collect(self, timeout: float = 15.0) -> dict:
+        """Close its stdin and read its record."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5.0)
+        for line in reversed(self._lines):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the bare subscriber wrote no record (exit {self.proc.returncode})")
+
+    def close(self) -> None:
+        """Stop it if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def publish_frames(driver: Driver, msgs: list, rate_hz: float, total: int, warmup: int):
-    """Publish ``total`` frames at ``rate_hz`` with absolute deadlines; return (t_start, t_end)."""
+    """Publish ``total`` frames at ``rate_hz`` with absolute deadlines.
+
+    Returns (t_start, t_end, mono_start, mono_end): the measured window (from the first frame
+    after the warm-up to the end) on ``perf_counter`` (this process's records) and on
+    ``time.monotonic`` (the bare subscriber's records).
+    """
     period = 1.0 / rate_hz
-    t_start = None
+    t_start = mono_start = None
     deadline = time.perf_counter()
     for i in range(total):
         msg = msgs[i % len(msgs)]
+        if i == warmup:
+            t_start, mono_start = time.perf_counter(), time.monotonic()
         msg.header.stamp = driver.node.get_clock().now().to_msg()
         driver.image_pub.publish(msg)
-        if i == warmup:
-            t_start = time.perf_counter()
         deadline += period
         time.sleep(max(0.0, deadline - time.perf_counter()))
-    return t_start, time.perf_counter()
+    return t_start, time.perf_counter(), mono_start, time.monotonic()
+
+
+def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float,
+                  node_overhead_p99: float | None) -> dict:
+    """The bare subscriber's transport and Twist jitter in the measured window, and the ratio."""
+    period_ms = 1e3 / rate_hz
+    transport = [t for mono, _stamp, t in record["frames"]
+                 if mono_start <= mono <= mono_end + 0.5]
+    twists = np.array([t for t in record["twists"] if mono_start <= t <= mono_end])
+    intervals = np.diff(twists) * 1e3
+    bare = summarize(transport)
+    bare_p99 = bare.get("p99")
+    return {
+        "bare_transport": {
+            "source": "a plain rclpy subscriber in its own process, same frames (bench.probe)",
+            "frames": len(transport), "transport_ms": bare},
+        "overhead_ratio": (node_overhead_p99 / bare_p99
+                           if node_overhead_p99 is not None and bare_p99 else None),
+        "twist_arrival_probe": {
+            "source": "/cmd_vel arrival times at the bare subscriber (DDS + a plain executor)",
+            "deviation_ms": summarize(np.abs(intervals - period_ms)),
+            "interval_ms": summarize(intervals),
+            "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
+            "twists": int(twists.size)}}
 
 
 def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dict:
@@ -261,12 +343,15 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     env = loopback_env(1 + os.getpid() % 100)
     log_path = workdir / f"node_{job['backend']}_{rate_hz:g}hz.log"
     proc = start_node(params, log_path, env)
+    probe = Probe(env)
     driver = Driver()
     try:
         t0 = time.perf_counter()
         driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
                         "the node to load, warm up and activate")
         startup_s = time.perf_counter() - t0
+        driver.wait_for(lambda: probe.ready() and driver.image_pub.get_subscription_count() >= 2,
+                        30.0, proc, "the bare subscriber to match the node and the camera")
         from std_msgs.msg import String
 
         driver.command_pub.publish(String(data=COMMAND))
@@ -275,11 +360,15 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         msgs = driver.image_messages(np.random.default_rng(job["seed"]))
         node_proc = psutil.Process(proc.pid)
         cpu0 = node_proc.cpu_times()
-        t_start, t_end = publish_frames(driver, msgs, image_rate_hz,
-                                        job["warmup"] + job["iters"], job["warmup"])
+        t_start, t_end, mono_start, mono_end = publish_frames(
+            driver, msgs, image_rate_hz, job["warmup"] + job["iters"], job["warmup"])
         cpu1 = node_proc.cpu_times()
         time.sleep(2 * DIAG_PERIOD_S + 0.2)
         result = analyse(driver, t_start, t_end, rate_hz)
+        bare = probe_figures(probe.collect(), mono_start, mono_end, rate_hz,
+                             result["stages_ms"]["overhead"].get("p99"))
+        result["jitter"]["twist_arrival_probe"] = bare.pop("twist_arrival_probe")
+        result.update(bare)
         busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         received = result["node_counters"]["frames_received"]
         result.update({
@@ -302,5 +391,6 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         raise RuntimeError(f"node mode ({job['backend']}, {rate_hz:g} Hz): {exc}\n--- node log "
                            f"tail ---\n{tail}") from exc
     finally:
+        probe.close()
         driver.close()
         stop_node(proc, timeout=15.0)

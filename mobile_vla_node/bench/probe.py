@@ -1,0 +1,78 @@
+"""The bare subscriber of `vla_bench --mode node`: the baseline the node is judged against.
+
+Its own process, started by the bench beside the node: a plain rclpy node, the default
+``SingleThreadedExecutor``, and callbacks that only read a clock. It sees the same frames as the
+node (same topic, same QoS, same publisher, same run), so its transport is what DDS plus a Python
+subscriber cost here, and the node's overhead is stated as a ratio to it.
+
+* camera frames: transport = receive time - header stamp, on ROS time like the node's own;
+* ``/cmd_vel``: arrival times, the Twist jitter a subscriber that does nothing else sees (the bench
+  process publishes ~28 MB/s of frames, which delays its own receipt of the Twists).
+
+Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC``; it prints
+``ready`` once a Twist from the node arrived (discovery is done), and at end of stdin (the bench
+closes the pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
+"twists": [monotonic_s, ...]}``. Times are ``time.monotonic()`` (CLOCK_MONOTONIC on Linux: one
+clock for all processes), so the bench selects the same window it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+
+def main(argv=None) -> int:
+    """Record until stdin closes, then print the record."""
+    import rclpy
+    from geometry_msgs.msg import Twist
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from ..ros.qos import profile
+
+    image_topic, cmd_vel_topic = (argv if argv is not None else sys.argv[1:])[:2]
+    frames: list = []
+    twists: list = []
+    ready = threading.Event()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("vla_bench_probe", context=context)
+    clock = node.get_clock()
+
+    def on_image(msg) -> None:
+        mono, now = time.monotonic(), clock.now().nanoseconds * 1e-9
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        frames.append((mono, stamp, (now - stamp) * 1e3))
+
+    def on_twist(_msg) -> None:
+        twists.append(time.monotonic())
+        if not ready.is_set():
+            ready.set()
+            print("ready", flush=True)
+
+    node.create_subscription(Image, image_topic, on_image, profile("camera"))
+    node.create_subscription(Twist, cmd_vel_topic, on_twist, profile("record"))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    done = threading.Event()
+
+    def wait_stdin() -> None:
+        sys.stdin.read()
+        done.set()  # the spin loop below notices within its 0.1 s slice
+
+    threading.Thread(target=wait_stdin, daemon=True).start()
+    try:
+        while not done.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        print(json.dumps({"frames": frames, "twists": twists}), flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
