@@ -1,4 +1,5 @@
-# Two commands on a fresh machine with Python >= 3.10: `make demo` and `make test`.
+# Two commands on a fresh machine with Python >= 3.11: `make demo` and `make test`. (The robot's
+# node runs on Humble's Python 3.10: `make test-py310` and `make lint` keep it so; docs/DISTROS.md.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,12 +23,28 @@ JAZZY_STAMP := $(JAZZY_VENV)/.installed
 # What runs on Jazzy: the unit and ROS layers (replay against the live node included); not the GPU
 # tests (no GPU), nor the Triton node test (its server side does not depend on the distribution).
 JAZZY_PYTEST_ARGS ?= -m "(unit or ros) and not gpu" --ignore=test/test_triton_node.py
+# The robot's Python without a Humble install: Python 3.10 with Ubuntu 22.04's numpy 1.21.5, OpenCV
+# 4.5.4 and Pillow 9.0.1 plus requirements-robot.txt resolved against them
+# (requirements-humble-python.txt), running the run-time unit tests that need neither torch nor ROS
+# (the image decode path among them). HUMBLE_PYTHON: any Python 3.10 (apt, deadsnakes, pyenv).
+HUMBLE_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.10 $(HOME)/.pyenv/versions/3.10*/bin/python3.10) \
+  $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null))
+PY310_VENV := .venv-py310
+PY310_STAMP := $(PY310_VENV)/.installed
+PY310_TESTS := test/test_preprocess.py test/test_pipeline.py test/test_inputs.py \
+  test/test_commands.py test/test_safety.py test/test_control.py test/test_chunks.py \
+  test/test_postprocess.py test/test_ticks.py test/test_timing.py test/test_config.py \
+  test/test_diagnostics.py test/test_params_yaml.py test/test_launch_file.py test/test_package_xml.py
 
-.PHONY: demo test test-jazzy triton-env triton-demo test-unit robot-yaml lint venv clean gpu-check
+.PHONY: demo test test-jazzy test-py310 triton-env triton-demo test-unit robot-yaml lint venv clean gpu-check
 
 venv: $(STAMP)
 
 $(STAMP): requirements.txt setup.py setup.cfg
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make: the \
+	development venv needs Python >= 3.11 (requirements.txt pins packages that need it); \
+	$(PYTHON) is `$(PYTHON) -V 2>&1`: set PYTHON=python3.11. The robot runs on Python 3.10 \
+	with requirements-robot.txt (README, docs/DISTROS.md)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -45,12 +62,31 @@ triton-demo: $(STAMP) $(TRITON_STAMP)
 test: $(STAMP) $(TRITON_STAMP) $(JAZZY_STAMP)
 	$(BIN)/python -m pytest -q test
 	$(MAKE) --no-print-directory test-jazzy
+	$(MAKE) --no-print-directory test-py310
 
 # The same tests on ROS 2 Jazzy (rclpy 7.1, Fast DDS 2.14): see JAZZY_PYTEST_ARGS above.
 test-jazzy: $(JAZZY_STAMP)
 	$(JAZZY_VENV)/bin/python -m pytest -q $(JAZZY_PYTEST_ARGS) test
 
-$(JAZZY_STAMP): requirements.txt requirements-jazzy.txt setup.py setup.cfg
+# Python 3.10 and numpy 1.21 as on the robot (see HUMBLE_PYTHON above). Without a Python 3.10 it
+# is skipped with a message, except in CI (CI=true), where it must run.
+test-py310:
+ifeq ($(strip $(HUMBLE_PYTHON)),)
+	@echo "make test-py310: SKIPPED: no Python 3.10 found (set HUMBLE_PYTHON=/path/to/python3.10;" \
+	  "docs/DISTROS.md)"; test "$(CI)" != true
+else
+	$(MAKE) --no-print-directory $(PY310_STAMP)
+	$(PY310_VENV)/bin/python -m pytest -q -p no:cacheprovider -m unit $(PY310_TESTS)
+endif
+
+$(PY310_STAMP): requirements-humble-python.txt requirements-robot.txt
+	$(HUMBLE_PYTHON) -m venv $(PY310_VENV)
+	$(PY310_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PY310_VENV)/bin/python -m pip install --quiet --only-binary=:all: \
+	  -r requirements-humble-python.txt -r requirements-robot.txt
+	touch $(PY310_STAMP)
+
+$(JAZZY_STAMP): requirements.txt requirements-jazzy.txt setup.py setup.cfg $(STAMP)
 	$(PYTHON) -m venv $(JAZZY_VENV)
 	$(JAZZY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/requirements-not-ros.txt
@@ -85,8 +121,12 @@ $(TRITON_STAMP): requirements-triton-server.txt
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
 
+# ruff, and vermin: no construct, module or member newer than Python 3.10 (the robot's Humble);
+# `--exclude long`: torch.long is not Python 2's long.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/vermin --no-tips --violations --eval-annotations --exclude long -t=3.10- \
+	  mobile_vla_node test scripts launch setup.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(JAZZY_VENV) build install log *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) $(JAZZY_VENV) $(PY310_VENV) build install log *.egg-info
