@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 from ros_harness import Probe, other_domain, rgb_image_msg, start_node, stop_process
-from team_fixtures import CHUNK, build, save_lightning, tiny_config, to_team_keys, training_json
+from team_fixtures import (
+    CHUNK,
+    build,
+    save_lightning,
+    tiny_config,
+    to_team_keys,
+    tokenizer_dir,
+    training_json,
+)
 from team_fixtures import write_json as write_config
 
 TABLE = "0,0,0; 0.3,0,0; 0,0.25,0; 0,-0.25,0; 0.2,0.2,0; 0.2,-0.2,0"
@@ -34,8 +42,9 @@ def classifier(tmp_path):
 def test_node_publishes_the_configured_class_velocity(classifier, tmp_path):
     ckpt, cfg = classifier
     params = {"model_preset": "tiny", "model_path": str(ckpt), "model_config": str(cfg),
-              "class_velocities": TABLE, "max_accel_x": 0.0, "max_accel_y": 0.0,
-              "max_accel_z": 0.0, "action_timeout_s": 2.0, "image_timeout_s": 1.0}
+              "tokenizer_path": str(tokenizer_dir()), "class_velocities": TABLE,
+              "max_accel_x": 0.0, "max_accel_y": 0.0, "max_accel_z": 0.0,
+              "action_timeout_s": 2.0, "image_timeout_s": 1.0}
     log = tmp_path / "node.log"
     domain = other_domain()
     proc = start_node(params, log_path=log, domain=domain)
@@ -61,6 +70,10 @@ def test_node_publishes_the_configured_class_velocity(classifier, tmp_path):
                                                              log.read_text()[-2000:])
         moving = [t for t in probe.twists_since(t0) if any(abs(v) > 1e-9 for v in t[1:])]
         assert moving and all(np.allclose(t[1:], [0.0, 0.25, 0.0]) for t in moving)
+        # their trainer's token layout: one WARN line at start says commands do not count
+        warns = [line for line in log.read_text().splitlines()
+                 if "token_layout robovlms_kosmos: instruction-blind" in line]
+        assert len(warns) == 1 and "WARN" in warns[0], log.read_text()[-2000:]
     finally:
         stop.set()
         probe.close()
