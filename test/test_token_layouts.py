@@ -312,3 +312,39 @@ def test_diagnostics_show_whether_the_command_counts():
     assert inference.values["instruction_blind"] == note and tl.BLIND_TEXT in note
     assert build_statuses("vla", "hw", cfg, stats, {}, [], {}, 0.0)[0].values[
         "instruction_blind"] == "n/a"
+
+
+def test_team_layout_export_feeds_the_tensorrt_builder_and_the_triton_repo(tmp_path, team_files,
+                                                                           monkeypatch):
+    """The TensorRT build (fake tensorrt, no GPU) and `vla_export triton` on robovlms_kosmos."""
+    pytest.importorskip("onnxruntime")
+    import contextlib
+    import io
+
+    from fakes_tensorrt import install_fakes
+
+    from mobile_vla_node.backends import trt_manifest as tm
+    from mobile_vla_node.export import cli
+    from mobile_vla_node.export import tensorrt as trt_build
+
+    ckpt, cfg = team_files
+    source = ["--preset", "tiny", "--checkpoint", str(ckpt), "--model-config", str(cfg),
+              "--tokenizer-path", str(tokenizer_dir())]
+    out = tmp_path / "team.onnx"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = cli.main(["onnx", *source, "--output", str(out), "--parity-cases", "2"])
+        assert rc == 0, buf.getvalue()
+        rc = cli.main(["triton", *source, "--output", str(tmp_path / "repo"),
+                       "--instance-kind", "cpu"])
+    assert rc == 0, buf.getvalue()
+    assert "parity feature" in buf.getvalue() and "PASS" in buf.getvalue()
+    assert (tmp_path / "repo" / "mobile_vla_encoder" / "config.pbtxt").is_file()
+    install_fakes(monkeypatch)
+    # the team layout takes prompts up to max_text_len (256), beyond the package layout's limit
+    options = trt_build.BuildOptions(onnx=out, output=None, precision="fp16", max_text_len=200)
+    manifest = trt_build.build_engines(options, log=lambda line: None)
+    assert manifest.profiles["encoder"]["text_ids"]["max"] == [1, 200]
+    with pytest.raises(tm.ManifestError, match="256"):
+        trt_build.build_engines(trt_build.BuildOptions(onnx=out, output=None, max_text_len=300),
+                                log=lambda line: None)

@@ -152,7 +152,8 @@ def text_len_limit(policy_config: dict | None, tokenizer_json: str | None = None
         limits.append(int(export["max_text_len"]))
     backbone = (policy_config or {}).get("backbone") or {}
     positions = (backbone.get("text_config") or {}).get("max_position_embeddings")
-    if positions:
+    # team token layouts size the positional table for max_text_len (the export's own figure)
+    if positions and (policy_config or {}).get("token_layout", "package") == "package":
         latents = int(backbone.get("latent_query_num", 64))
         limits.append(int(positions) - latents - FIXED_PROMPT_TOKENS)
     if tokenizer_json:
