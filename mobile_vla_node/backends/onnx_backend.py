@@ -1,8 +1,14 @@
 """ONNX Runtime backend: runs the two graphs of a ``vla_export onnx`` export.
 
 ``model_path`` is the encoder ``NAME.onnx``; the step file, tokenizer and model spec come from the
-export's metadata. Providers are used in the configured order and the provider each session
-actually runs on is reported: a missing or silently dropped first provider is an error unless
+export's metadata. A camera-input export (format 2, ``vla_export onnx --camera-size WxH``) takes
+the camera's uint8 frame and resizes it in its graph (``preprocesses_on_device``): the node hands
+it the frame as received (a view of the message buffer); a frame of another size is a bad image,
+named as such. An export without it (format 1, every export before) takes model-size images,
+resized by the runtime on the CPU.
+
+Providers are used in the configured order and the provider each session actually runs on is
+reported: a missing or silently dropped first provider is an error unless
 ``allow_provider_fallback`` is set, in which case it becomes a warning in `BackendInfo.warnings`.
 """
 
@@ -16,6 +22,7 @@ from .onnx_format import (
     ENCODER_INPUTS,
     STEP_INPUTS,
     ExportFormatError,
+    camera_input,
     export_precision,
     model_spec_from_metadata,
     read_export_metadata,
@@ -62,6 +69,8 @@ class OnnxBackend(InferenceBackend):
         self.tokenizer = tokenizer_from_metadata(meta)
         self.max_text_len = meta["export"].get("max_text_len")
         self.precision = export_precision(meta)
+        self.camera = camera_input(meta)
+        self.preprocesses_on_device = self.camera is not None
         self.device_id = int(cfg.device.split(":")[1]) if cfg.device.startswith("cuda:") else 0
         warnings: list[str] = []
         providers = self._providers(ort.get_available_providers(), warnings)
@@ -83,6 +92,10 @@ class OnnxBackend(InferenceBackend):
         if cfg.precision not in ("fp32", self.precision):
             warnings.append(f"precision={cfg.precision!r} is ignored by the onnx backend: the "
                             f"export's weights are {self.precision} (set at export time)")
+        if self.camera is not None and not self.on_cuda:
+            warnings.append("camera-input export on the CPU: its in-graph resize costs more than "
+                            "the runtime's CPU resize of a model-size export (docs/BENCHMARKS.md,"
+                            " Preprocessing)")
         parity = meta.get("parity") or {}
         if parity.get("passed") is False:
             warnings.append(f"export {cfg.model_path!r} FAILED its parity check at export time "
@@ -97,6 +110,7 @@ class OnnxBackend(InferenceBackend):
                    "graph_optimization_level": cfg.graph_optimization_level,
                    "intra_op_threads": cfg.intra_op_threads, "io_binding": self.on_cuda,
                    "opset": meta["export"].get("opset"),
+                   "preprocess": self._describe_preprocess(),
                    "source": (meta["export"].get("source") or {}).get("weights", "")})
 
     @property
@@ -186,11 +200,73 @@ class OnnxBackend(InferenceBackend):
             self._zero_dev = ort.OrtValue.ortvalue_from_numpy(self._zero_h, "cuda",
                                                               self.device_id)
 
+    def _describe_preprocess(self) -> str:
+        if self.camera is None:
+            return "cpu (model-size export: the runtime resizes)"
+        width, height = self.camera["camera_size"]
+        return (f"in the encoder graph: {width}x{height} {self.camera['camera_order']} frames, "
+                f"PIL {self.camera['resize_filter']} tables (bit-exact)")
+
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
-        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,)."""
+        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,); a camera-input export: (H, W, 3)."""
+        if self.camera is not None:
+            return self._encode_frame(self._camera_frame(image, False), text_ids)
         ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
                                    "exported encoder")
-        feeds = {"image": np.ascontiguousarray(image)[None], "text_ids": ids}
+        return self._run_encoder(np.ascontiguousarray(image)[None], ids)
+
+    def _camera_frame(self, frame: np.ndarray, swap: bool) -> np.ndarray:
+        """A camera frame as the graph takes it (size checked; swapped, a copy, if asked)."""
+        from ..core.preprocess import ImageError
+
+        width, height = self.camera["camera_size"]
+        if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+            raise ImageError(f"a {frame.dtype} {frame.shape} frame: this export takes uint8 "
+                             f"({height}, {width}, 3) = {width}x{height} camera "
+                             f"frames (vla_export onnx --camera-size {width}x{height}); re-export "
+                             "with the camera's size, or without --camera-size")
+        if swap:
+            frame = frame[:, :, ::-1]
+        return np.ascontiguousarray(frame)   # a view stays a view unless rows are padded
+
+    def _encode_frame(self, frame: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
+        if self.max_text_len is not None and ids.shape[1] > self.max_text_len:
+            raise ValueError(f"prompt has {ids.shape[1]} ids; the exported encoder accepts at "
+                             f"most {self.max_text_len} (its positional table is fixed)")
+        return self._run_encoder(frame[None], ids)
+
+    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
+                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+        """The camera frame -> (feature, actions).
+
+        ``channel_order`` "bgr": the frame's channels must be swapped for the model. A
+        model-size export resizes on the CPU first.
+        """
+        if self.camera is None:
+            return super().infer_raw(rgb, text_ids, history, channel_order)
+        # the graph swaps when the camera order it was exported for differs from the model's
+        graph_swaps = self.camera["camera_order"] != self.camera["channel_order"]
+        frame = self._camera_frame(rgb, (channel_order == "bgr") != graph_swaps)
+        feature = self._encode_frame(frame, text_ids)
+        window = feature[None]
+        if len(history):
+            window = np.concatenate([history, window], axis=0)
+        return feature, self.decode(window)
+
+    def warmup(self, iters: int = 3) -> None:
+        """The full step on dummy inputs; a camera-input export with a camera-size frame."""
+        if self.camera is None:
+            return super().warmup(iters)
+        width, height = self.camera["camera_size"]
+        frame = np.zeros((height, width, 3), np.uint8)
+        ids = self.tokenizer.encode("warm up")
+        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
+        for _ in range(iters):
+            self.infer_raw(frame, ids, history)
+
+    def _run_encoder(self, image: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        feeds = {"image": image, "text_ids": ids}
         binding = self._bind.get("encoder")
         if binding is None:
             return self.encoder.run(None, feeds)[0][0]

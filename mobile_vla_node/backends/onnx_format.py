@@ -14,6 +14,11 @@ from pathlib import Path
 from .base import ModelSpec
 
 FORMAT_VERSION = "1"
+# Format 2: the encoder takes the camera's uint8 frame (1, H, W, 3) and resizes it in-graph; its
+# ``preprocess`` metadata says the size and channel order. A node that reads only format 1 refuses
+# it by its format number instead of feeding it a model-size image.
+CAMERA_FORMAT_VERSION = "2"
+FORMAT_VERSIONS = (FORMAT_VERSION, CAMERA_FORMAT_VERSION)
 META_PREFIX = "mobile_vla."
 STEP_SUFFIX = ".step.onnx"
 
@@ -25,7 +30,8 @@ TEXT_AXIS = "text_len"
 WINDOW_AXIS = "window"
 
 # Keys (without the prefix) whose values are JSON; the rest are plain strings.
-JSON_KEYS = ("model_spec", "policy_config", "tokenizer", "normalization", "export", "parity")
+JSON_KEYS = ("model_spec", "policy_config", "tokenizer", "normalization", "export", "parity",
+             "preprocess")
 STRING_KEYS = ("format", "role", "step_file")
 REQUIRED_KEYS = ("format", "role", "model_spec", "policy_config", "tokenizer", "normalization",
                  "export")
@@ -85,9 +91,12 @@ def parse_props(props: dict, path: str | Path) -> dict:
                                 f"{META_PREFIX}format metadata); create one with "
                                 "`vla_export onnx --output FILE.onnx ...`")
     out = decode_metadata({k: v for k, v in props.items() if k.startswith(META_PREFIX)}, path)
-    if out["format"] != FORMAT_VERSION:
+    if out["format"] not in FORMAT_VERSIONS:
         raise ExportFormatError(f"{str(path)!r} has export format {out['format']!r}; this "
-                                f"package reads format {FORMAT_VERSION!r} (re-export it)")
+                                f"package reads formats {list(FORMAT_VERSIONS)} (re-export it)")
+    if out["format"] == CAMERA_FORMAT_VERSION and not isinstance(out.get("preprocess"), dict):
+        raise ExportFormatError(f"{str(path)!r} is a camera-input export (format "
+                                f"{CAMERA_FORMAT_VERSION}) without {META_PREFIX}preprocess")
     missing = [k for k in REQUIRED_KEYS if k not in out]
     if missing:
         keys = [META_PREFIX + k for k in missing]
@@ -123,6 +132,18 @@ def read_export_metadata(path: str | Path) -> dict:
     meta["encoder_path"] = str(path.resolve())
     meta["step_path"] = str(step.resolve())
     return meta
+
+
+def camera_input(meta: dict) -> dict | None:
+    """The ``preprocess`` record of a camera-input encoder (format 2), None for a model-size one.
+
+    ``camera_size`` [width, height], ``camera_order`` / ``channel_order`` (rgb, bgr),
+    ``resize_filter``. Exports before format 2 take model-size images (the CPU resizes).
+    """
+    pre = meta.get("preprocess")
+    if meta.get("format") != CAMERA_FORMAT_VERSION or not isinstance(pre, dict):
+        return None
+    return pre
 
 
 def model_spec_from_metadata(meta: dict) -> ModelSpec:

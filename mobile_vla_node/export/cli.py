@@ -94,6 +94,29 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
                              "team's checkpoints (default: --backbone-path's)")
 
 
+def _camera_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"camera size {text!r} must be WIDTHxHEIGHT, "
+                                         "e.g. 640x480") from None
+    if not (0 < width <= 4096 and 0 < height <= 4096):
+        raise argparse.ArgumentTypeError(f"camera size {text!r} out of range 1..4096")
+    return width, height
+
+
+def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
+    """--camera-size / --camera-order: an encoder that takes the camera frame (format 2)."""
+    parser.add_argument("--camera-size", type=_camera_size, default=None, metavar="WxH",
+                        help="the encoder takes the camera's uint8 WxH frames and resizes them "
+                             "in its graph, bit-exact with PIL (for GPU providers, TensorRT and "
+                             "Triton; on a CPU the runtime's resize of a model-size export is "
+                             "faster). Default: model-size input, resized by the node")
+    parser.add_argument("--camera-order", choices=("rgb", "bgr"), default="rgb",
+                        help="channel order of the camera frames (rgb8 / bgr8; default rgb): "
+                             "a bgr camera's channels are swapped in the graph")
+
+
 def _add_parity(parser: argparse.ArgumentParser, atol_help: str) -> None:
     parser.add_argument("--atol", type=_positive, help=atol_help)
     parser.add_argument("--frames", help="rosbag2 bag or image folder: real frames for parity")
@@ -116,6 +139,7 @@ def build_parser(with_tensorrt: bool = False) -> tuple[argparse.ArgumentParser, 
     onnx.add_argument("--output", required=True, help="encoder file DIR/NAME.onnx (the step "
                       "graph goes to DIR/NAME.step.onnx)")
     onnx.add_argument("--fp16", action="store_true", help="fp16 weights/compute (I/O unchanged)")
+    add_camera_arguments(onnx)
     onnx.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
                       help=f"ONNX opset, {DEFAULT_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     _add_parity(onnx, f"max abs difference allowed (default {ATOL['fp32']:g}; "
@@ -237,8 +261,11 @@ def parity_check(reference, candidate, args, atol: float, progress: Progress) ->
 
     with progress.phase("parity vs PyTorch (fp32, CPU)"):
         try:
+            from ..backends.onnx_format import camera_input
+
+            camera = camera_input(getattr(candidate, "meta", {}) or {})
             cases = parity.make_cases(reference, n_random=args.parity_cases, frames=args.frames,
-                                      n_frames=max(args.parity_cases, 1))
+                                      n_frames=max(args.parity_cases, 1), camera=camera)
         except Exception as exc:  # BagError, ValueError from frames/case building
             raise CliError(f"cannot build parity cases: {exc}") from exc
         n_frames = len(cases) - args.parity_cases
@@ -295,15 +322,18 @@ def cmd_onnx(args) -> int:
     step_path = out.with_name(step_file_name(out))
     example_ids = reference.tokenizer.encode(EXAMPLE_COMMAND)
     with tempfile.TemporaryDirectory(prefix="vla_export_") as tmp:
-        with progress.phase(f"exporting encoder (opset {args.opset})"):
-            encoder = ox.export_encoder(policy, example_ids, args.opset, Path(tmp))
+        preprocess = ox.camera_preprocess(policy, getattr(args, "camera_size", None),
+                                          getattr(args, "camera_order", "rgb"))
+        with progress.phase(f"exporting encoder (opset {args.opset})"
+                            + (" with the camera-frame resize" if preprocess else "")):
+            encoder = ox.export_encoder(policy, example_ids, args.opset, Path(tmp), preprocess)
         with progress.phase(f"exporting step (opset {args.opset})"):
             step = ox.export_step(policy, args.opset, Path(tmp))
     if args.fp16:
         with progress.phase("fp16 conversion"):
             encoder, step = ox.to_fp16(encoder), ox.to_fp16(step)
     meta = _metadata(reference, args, preset, checkpoint, atol, ox.max_text_len(policy),
-                     ox.weight_bytes(encoder) > ox.EXTERNAL_DATA_BYTES)
+                     ox.weight_bytes(encoder) > ox.EXTERNAL_DATA_BYTES, preprocess)
     with progress.phase(f"writing {out} and {step_path.name}"):
         ox.set_metadata(encoder, dict(meta, role="encoder", step_file=step_path.name))
         ox.set_metadata(step, dict(meta, role="step"))
@@ -334,14 +364,14 @@ def cmd_onnx(args) -> int:
 
 
 def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
-              max_text_len: int | None, external: bool) -> dict:
+              max_text_len: int | None, external: bool, preprocess: dict | None = None) -> dict:
     """The string-valued ``mobile_vla.*`` props common to both files."""
     import onnx
     import onnxruntime
     import torch
     import transformers
 
-    from ..backends.onnx_format import FORMAT_VERSION
+    from ..backends.onnx_format import CAMERA_FORMAT_VERSION, FORMAT_VERSION
     from . import onnx as ox
 
     config = reference.model.config
@@ -366,8 +396,8 @@ def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
                               "the channel order the policy was trained with (node parameter "
                               "channel_order); (x / 255 - mean) / std runs inside the graph",
     }
-    return {
-        "format": FORMAT_VERSION,
+    out = {
+        "format": CAMERA_FORMAT_VERSION if preprocess else FORMAT_VERSION,
         "model_spec": json.dumps(asdict(reference.spec)),
         "policy_config": json.dumps(config.to_dict()),
         "tokenizer": reference.tokenizer.to_json(),
@@ -375,6 +405,9 @@ def _metadata(reference, args, preset: str, checkpoint: str, atol: float,
         "export": json.dumps(export),
         "parity": json.dumps({"passed": None, "note": "not measured yet"}),
     }
+    if preprocess:
+        out["preprocess"] = json.dumps(preprocess)
+    return out
 
 
 def _figures(results: list) -> str:

@@ -46,15 +46,47 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class EncoderGraph(nn.Module):
-    """``image`` uint8 (1, S, S, 3), ``text_ids`` int64 (1, L) -> ``feature`` float32 (1, D)."""
+    """``image`` uint8 (1, S, S, 3), ``text_ids`` int64 (1, L) -> ``feature`` float32 (1, D).
 
-    def __init__(self, policy):
+    Traced with a camera-size ``image`` (1, H, W, 3), the graph resizes it inside
+    (`model.preprocessing.FramePreprocess`: the PIL tables of that size, int32 Gather/Mul/
+    ReduceSum/Div/Max/Min, bit-exact); ``swap_channels``: the camera's channel order differs
+    from the model's (a Gather of the 3 channels first).
+    """
+
+    def __init__(self, policy, swap_channels: bool = False):
         super().__init__()
         self.policy = policy
+        self.swap_channels = bool(swap_channels)
 
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         """Run the policy's per-frame encoder."""
+        if self.swap_channels:
+            image = image.index_select(3, torch.tensor([2, 1, 0]))
         return self.policy.encode_frame(image, text_ids).float()
+
+
+def camera_preprocess(policy, camera_size, camera_order: str, channel_order: str = "rgb"):
+    """The ``preprocess`` metadata of a camera-input encoder (None: model-size input).
+
+    ``camera_size``: (width, height) of the camera frames the graph takes; ``camera_order``: their
+    channel order (rgb8 / bgr8); ``channel_order``: the model's (node parameter channel_order).
+    """
+    if camera_size is None:
+        return None
+    width, height = (int(v) for v in camera_size)
+    if width < 1 or height < 1:
+        raise ValueError(f"camera size {width}x{height} must be positive")
+    if camera_order not in ("rgb", "bgr") or channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel orders must be rgb or bgr, got {camera_order!r} / "
+                         f"{channel_order!r}")
+    cfg = policy.config
+    return {"input": "camera", "camera_size": [width, height], "camera_order": camera_order,
+            "channel_order": channel_order, "resize_filter": cfg.resize_filter,
+            "image_pipeline": getattr(cfg, "image_pipeline", "package"),
+            "image_size": cfg.image_size,
+            "resize": "in the graph: PIL's tables for this size (core.resize), int32 Gather/Mul/"
+                      "ReduceSum/Div/Max/Min; equal to PIL bit for bit"}
 
 
 class StepGraph(nn.Module):
@@ -110,15 +142,24 @@ def _quiet_export(module: nn.Module, args: tuple, path: Path, opset: int, inputs
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
 
 
-def export_encoder(policy, example_ids, opset: int, workdir: Path):
-    """Trace the encoder graph and return it as an ``onnx.ModelProto`` (weights loaded)."""
+def export_encoder(policy, example_ids, opset: int, workdir: Path, preprocess: dict | None = None):
+    """Trace the encoder graph and return it as an ``onnx.ModelProto`` (weights loaded).
+
+    ``preprocess`` (`camera_preprocess`): the graph takes camera frames of that size and order;
+    None: model-size images, resized by the caller.
+    """
     import onnx
 
     size = policy.config.image_size
-    image = torch.zeros((1, size, size, 3), dtype=torch.uint8)
+    shape, swap = (size, size), False
+    if preprocess is not None:
+        width, height = preprocess["camera_size"]
+        shape = (height, width)
+        swap = preprocess["camera_order"] != preprocess["channel_order"]
+    image = torch.zeros((1, *shape, 3), dtype=torch.uint8)
     ids = torch.as_tensor(example_ids, dtype=torch.long).reshape(1, -1)
     path = workdir / "encoder.onnx"
-    _quiet_export(EncoderGraph(policy), (image, ids), path, opset, ENCODER_INPUTS,
+    _quiet_export(EncoderGraph(policy, swap), (image, ids), path, opset, ENCODER_INPUTS,
                   ENCODER_OUTPUTS, {"text_ids": {1: TEXT_AXIS}})
     model = onnx.load(str(path))
     _fix_dims(model.graph.output[0], [1, policy.feature_dim])

@@ -49,6 +49,10 @@ class ParityCase:
     image: np.ndarray  # uint8 (S, S, 3)
     text_ids: np.ndarray  # int64 (L,)
     history: np.ndarray  # float32 (T-1, D)
+    # camera-input candidates: the camera frame ``image`` was resized from (PIL, exactly) and
+    # whether its channels differ from the model's ("bgr": swap), passed to infer_raw
+    frame: np.ndarray | None = None
+    swap: str = "rgb"
 
 
 @dataclass
@@ -103,17 +107,44 @@ def _frame_images(frames: str, n_frames: int, size: int,
     return images
 
 
+def _camera_cases(n: int, spec, camera: dict, rng) -> tuple[list, list, str]:
+    """(camera frames, their model inputs by PIL) for a camera-input candidate.
+
+    Half noise and gradients, half synthetic scenes, at the camera size, in its channel order.
+    """
+    from ..core.preprocess import to_model_input
+    from ..demo import synthetic
+
+    width, height = camera["camera_size"]
+    swap = "bgr" if camera["camera_order"] != camera["channel_order"] else "rgb"
+    frames = []
+    for i in range(n):
+        if i % 2:
+            frames.append(synthetic.render(synthetic.random_scene(rng), width, height))
+        else:
+            big = _random_images(2, max(width, height), rng)[i % 4 // 2]
+            frames.append(np.ascontiguousarray(big[:height, :width]))
+    images = [to_model_input(f, spec.image_size, swap, camera["resize_filter"]) for f in frames]
+    return frames, images, swap
+
+
 def make_cases(reference: InferenceBackend, n_random: int = 4, frames: str | None = None,
-               n_frames: int = 8, seed: int = 0) -> list[ParityCase]:
+               n_frames: int = 8, seed: int = 0, camera: dict | None = None) -> list[ParityCase]:
     """Random images + commands, plus up to ``n_frames`` frames of a bag/image folder.
 
     Case ``i`` gets a history of ``i % window_size`` features (so windows of 1..window_size
     occur), taken from the reference backend's features of the cases before it (cyclically).
+    ``camera`` (a camera-input export's ``preprocess`` record): the random cases are camera
+    frames, which the candidate resizes itself (`ParityCase.frame`).
     """
     spec = reference.spec
     rng = np.random.default_rng(seed)
-    images = _random_images(n_random, spec.image_size, rng)
-    if frames:
+    raw, swap = [], "rgb"
+    if camera is not None:
+        raw, images, swap = _camera_cases(n_random, spec, camera, rng)
+    else:
+        images = _random_images(n_random, spec.image_size, rng)
+    if frames and camera is None:
         images += _frame_images(frames, n_frames, spec.image_size,
                                 getattr(spec, "resize_filter", "bicubic"))
     if not images:
@@ -127,7 +158,8 @@ def make_cases(reference: InferenceBackend, n_random: int = 4, frames: str | Non
         h = i % spec.window_size
         history = np.stack([feats[(i - j) % n] for j in range(h, 0, -1)]) if h else np.zeros(
             (0, spec.feature_dim), np.float32)
-        cases.append(ParityCase(img, ids, history.astype(np.float32)))
+        cases.append(ParityCase(img, ids, history.astype(np.float32),
+                                raw[i] if i < len(raw) else None, swap))
     return cases
 
 
@@ -153,7 +185,10 @@ def run_parity(reference: InferenceBackend, candidate: InferenceBackend,
     finite = {name: True for name in OUTPUTS}
     for case in cases:
         ref = reference.infer(case.image, case.text_ids, case.history)
-        out = candidate.infer(case.image, case.text_ids, case.history)
+        if case.frame is not None and getattr(candidate, "preprocesses_on_device", False):
+            out = candidate.infer_raw(case.frame, case.text_ids, case.history, case.swap)
+        else:
+            out = candidate.infer(case.image, case.text_ids, case.history)
         for name, r, c in zip(OUTPUTS, ref, out, strict=True):
             r = np.asarray(r, np.float64)
             c = np.asarray(c, np.float64)
