@@ -86,7 +86,7 @@ $(PY310_STAMP): requirements-humble-python.txt requirements-robot.txt
 	  -r requirements-humble-python.txt -r requirements-robot.txt
 	touch $(PY310_STAMP)
 
-$(JAZZY_STAMP): requirements.txt requirements-jazzy.txt setup.py setup.cfg $(STAMP)
+$(JAZZY_STAMP): requirements.txt requirements-jazzy.txt setup.py setup.cfg
 	$(PYTHON) -m venv $(JAZZY_VENV)
 	$(JAZZY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/requirements-not-ros.txt
