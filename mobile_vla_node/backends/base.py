@@ -115,6 +115,18 @@ def check_encoder_inputs(spec: ModelSpec, image: np.ndarray, text_ids: np.ndarra
     return ids
 
 
+def check_token_layout(config, spec: ModelSpec, what: str) -> None:
+    """An export runs the token layout it was built with: a different ``token_layout`` is an error.
+
+    ``auto`` accepts the export's. (The torch backend builds the layout the parameter names.)
+    """
+    wanted = getattr(config, "token_layout", "auto") or "auto"
+    if wanted not in ("auto", spec.token_layout):
+        raise BackendError(f"token_layout {wanted!r} but {what} was exported with the "
+                           f"{spec.token_layout!r} layout (it is part of the graph); re-export "
+                           f"with --token-layout {wanted}, or set token_layout: auto")
+
+
 def check_window(spec: ModelSpec, features: np.ndarray) -> np.ndarray:
     """Check a (T, D) feature window (1 <= T <= window_size); return it as float32 (1, T, D)."""
     t = features.shape[0]

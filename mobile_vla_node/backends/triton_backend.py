@@ -30,7 +30,14 @@ import numpy as np
 
 from ..core.timing import LatencyWindow
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs, check_window
+from .base import (
+    BackendError,
+    BackendInfo,
+    InferenceBackend,
+    check_encoder_inputs,
+    check_token_layout,
+    check_window,
+)
 from .onnx_format import ExportFormatError, model_spec_from_metadata
 
 TRITON_INSTALL = "pip install 'tritonclient[grpc]' (requirements.txt pins it)"
@@ -284,6 +291,7 @@ class TritonBackend(InferenceBackend):
                                "repository with `vla_export triton`")
         try:
             self.spec = model_spec_from_metadata({"model_spec": json.loads(params["model_spec"])})
+            check_token_layout(self.config, self.spec, "the served model")
             self.tokenizer = PromptTokenizer.from_json(params["tokenizer"])
             self.export = json.loads(params.get("export") or "{}")
             self.policy_config = json.loads(params.get("policy_config") or "{}")
