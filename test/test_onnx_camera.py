@@ -202,3 +202,19 @@ def test_parity_record_of_a_camera_export(exports):
     meta = read_export_metadata(exports["bgr"])
     parity = meta["parity"] if isinstance(meta["parity"], dict) else json.loads(meta["parity"])
     assert parity["passed"] is True
+
+
+def test_tensorrt_profiles_and_manifest_carry_the_camera_input(exports):
+    from mobile_vla_node.backends import trt_manifest as tm
+
+    meta = tm.normalize_metadata(read_export_metadata(exports["bgr"]))
+    profiles = tm.make_profiles(meta["model_spec"], meta["policy_config"],
+                                camera=camera_input(meta))
+    assert profiles["encoder"]["image"]["opt"] == [1, H, W, 3] or \
+        tuple(profiles["encoder"]["image"]["opt"]) == (1, H, W, 3)
+    record = tm._export_record(meta)
+    assert record["preprocess"]["camera_order"] == "bgr"
+    old = tm.normalize_metadata(read_export_metadata(exports["model"]))
+    assert "preprocess" not in tm._export_record(old)
+    assert tuple(tm.make_profiles(old["model_spec"], old["policy_config"])["encoder"]["image"]
+                 ["opt"]) == (1, 224, 224, 3)

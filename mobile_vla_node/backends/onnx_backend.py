@@ -17,11 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import require
-from .base import BackendError, BackendInfo, InferenceBackend, check_encoder_inputs, check_window
+from .base import (
+    BackendError,
+    BackendInfo,
+    InferenceBackend,
+    check_encoder_inputs,
+    check_token_layout,
+    check_window,
+)
 from .onnx_format import (
     ENCODER_INPUTS,
     STEP_INPUTS,
     ExportFormatError,
+    camera_frame,
     camera_input,
     export_precision,
     model_spec_from_metadata,
@@ -66,6 +74,7 @@ class OnnxBackend(InferenceBackend):
         self.ort = ort
         self.meta = meta
         self.spec = model_spec_from_metadata(meta)
+        check_token_layout(cfg, self.spec, cfg.model_path)
         self.tokenizer = tokenizer_from_metadata(meta)
         self.max_text_len = meta["export"].get("max_text_len")
         self.precision = export_precision(meta)
@@ -208,26 +217,15 @@ class OnnxBackend(InferenceBackend):
                 f"PIL {self.camera['resize_filter']} tables (bit-exact)")
 
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
-        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,); a camera-input export: (H, W, 3)."""
+        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,).
+
+        A camera-input export takes the camera frame (H, W, 3) in its camera order instead.
+        """
         if self.camera is not None:
-            return self._encode_frame(self._camera_frame(image, False), text_ids)
+            return self._encode_frame(camera_frame(self.camera, image), text_ids)
         ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
                                    "exported encoder")
         return self._run_encoder(np.ascontiguousarray(image)[None], ids)
-
-    def _camera_frame(self, frame: np.ndarray, swap: bool) -> np.ndarray:
-        """A camera frame as the graph takes it (size checked; swapped, a copy, if asked)."""
-        from ..core.preprocess import ImageError
-
-        width, height = self.camera["camera_size"]
-        if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
-            raise ImageError(f"a {frame.dtype} {frame.shape} frame: this export takes uint8 "
-                             f"({height}, {width}, 3) = {width}x{height} camera "
-                             f"frames (vla_export onnx --camera-size {width}x{height}); re-export "
-                             "with the camera's size, or without --camera-size")
-        if swap:
-            frame = frame[:, :, ::-1]
-        return np.ascontiguousarray(frame)   # a view stays a view unless rows are padded
 
     def _encode_frame(self, frame: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
@@ -245,9 +243,7 @@ class OnnxBackend(InferenceBackend):
         """
         if self.camera is None:
             return super().infer_raw(rgb, text_ids, history, channel_order)
-        # the graph swaps when the camera order it was exported for differs from the model's
-        graph_swaps = self.camera["camera_order"] != self.camera["channel_order"]
-        frame = self._camera_frame(rgb, (channel_order == "bgr") != graph_swaps)
+        frame = camera_frame(self.camera, rgb, channel_order)
         feature = self._encode_frame(frame, text_ids)
         window = feature[None]
         if len(history):

@@ -146,6 +146,30 @@ def camera_input(meta: dict) -> dict | None:
     return pre
 
 
+def camera_frame(camera: dict, frame, swap: str | None = None):
+    """A camera frame as a camera-input graph takes it.
+
+    Size checked (ImageError naming the export's size); channels swapped (a copy, only then)
+    when ``swap`` ("bgr": frame and model orders differ) is not what the graph does itself;
+    contiguous (a view stays a view unless its rows are padded). ``swap`` None: the frame is in
+    the export's camera order already.
+    """
+    import numpy as np
+
+    from ..core.preprocess import ImageError
+
+    width, height = camera["camera_size"]
+    if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+        raise ImageError(f"a {frame.dtype} {frame.shape} frame: this export takes uint8 "
+                         f"({height}, {width}, 3) = {width}x{height} camera frames (vla_export "
+                         f"onnx --camera-size {width}x{height}); re-export with the camera's "
+                         "size, or without --camera-size")
+    graph_swaps = camera["camera_order"] != camera["channel_order"]
+    if swap is not None and (swap == "bgr") != graph_swaps:
+        frame = frame[:, :, ::-1]
+    return np.ascontiguousarray(frame)
+
+
 def model_spec_from_metadata(meta: dict) -> ModelSpec:
     """The `ModelSpec` stored in an export's metadata."""
     data = dict(meta["model_spec"])

@@ -12,6 +12,11 @@ Execution uses the TensorRT 10 API (named I/O tensors, ``set_tensor_address``,
 device buffers for every I/O tensor are allocated once at the profile's maximum shape, inputs go
 through pinned host buffers (one upload per input per call), and with ``cuda_graph: true`` the
 full-window step is replayed from a CUDA graph.
+
+Engines built from a camera-input export (``vla_export onnx --camera-size``; recorded in the
+manifest's ``export.preprocess``) take the camera's uint8 frame and resize it in the engine with
+PIL's tables (plain Gather/ReduceSum/Div/Max/Min layers: TensorRT's ONNX parser has no
+antialiased Resize); the node hands them the frame as received (``preprocesses_on_device``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendError, BackendInfo, InferenceBackend, ModelSpec
+from .base import BackendError, BackendInfo, InferenceBackend, ModelSpec, check_token_layout
 from .trt_manifest import (
     EngineManifest,
     ManifestError,
@@ -548,6 +553,9 @@ class TensorRTBackend(InferenceBackend):
         for name in ("h0", "c0"):  # zero LSTM state, uploaded once
             self._step.zero_input(name, self._step.bindings[name].max)
         self.spec = ModelSpec(**manifest.model_spec)
+        check_token_layout(self.config, self.spec, "the engine")
+        self.camera = (manifest.export or {}).get("preprocess")
+        self.preprocesses_on_device = self.camera is not None
         self.tokenizer = PromptTokenizer.from_json(manifest.tokenizer)
         text_max = self._encoder.bindings["text_ids"].max[-1]
         if self.tokenizer.pad_to > text_max:
@@ -570,7 +578,14 @@ class TensorRTBackend(InferenceBackend):
             extra={"step_precision": manifest.step_precision,
                    "compute_capability": facts["compute_capability"],
                    "engine_built": manifest.created_at, "cuda_graph": graph_state,
-                   "max_text_len": text_max})
+                   "max_text_len": text_max, "preprocess": self._describe_preprocess()})
+
+    def _describe_preprocess(self) -> str:
+        if self.camera is None:
+            return "cpu (model-size engine: the runtime resizes)"
+        width, height = self.camera["camera_size"]
+        return (f"in the encoder engine: {width}x{height} {self.camera['camera_order']} frames, "
+                f"PIL {self.camera['resize_filter']} tables (bit-exact)")
 
     def _setup_graph(self) -> str:
         """Capture the full-window step (its steady state) in a CUDA graph, or say why not."""
@@ -594,7 +609,14 @@ class TensorRTBackend(InferenceBackend):
         return f"off ({reason})"
 
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
-        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,)."""
+        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,).
+
+        Engines from a camera-input export take the camera frame (H, W, 3) in its camera order.
+        """
+        if self.camera is not None:
+            from .onnx_format import camera_frame
+
+            image = camera_frame(self.camera, image)
         self.cuda.use_device()
         enc = self._encoder
         enc.set_input("image", np.asarray(image)[None])
@@ -602,6 +624,28 @@ class TensorRTBackend(InferenceBackend):
         enc.execute()
         (feature,) = enc.fetch("feature")
         return feature.reshape(-1).astype(np.float32, copy=False)
+
+    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
+                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+        """The camera frame -> (feature, actions); ``channel_order`` "bgr": swap its channels.
+
+        A model-size engine resizes on the CPU first (the base class's behaviour).
+        """
+        if self.camera is None:
+            return super().infer_raw(rgb, text_ids, history, channel_order)
+        from .onnx_format import camera_frame
+
+        return self.infer(camera_frame(self.camera, rgb, channel_order), text_ids, history)
+
+    def warmup(self, iters: int = 3) -> None:
+        """The full step on dummy inputs (camera-input engines: a camera-size frame)."""
+        if self.camera is None:
+            return super().warmup(iters)
+        width, height = self.camera["camera_size"]
+        ids = self.tokenizer.encode("warm up")
+        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
+        for _ in range(iters):
+            self.infer(np.zeros((height, width, 3), np.uint8), ids, history)
 
     def decode(self, features: np.ndarray) -> np.ndarray:
         """float32 (T, D) -> float32 (chunk, action_dim); zero LSTM state."""

@@ -164,11 +164,13 @@ def text_len_limit(policy_config: dict | None, tokenizer_json: str | None = None
 
 
 def make_profiles(model_spec: dict, policy_config: dict, max_text_len: int | None = None,
-                  opt_text_len: int = OPT_TEXT_LEN) -> dict:
+                  opt_text_len: int = OPT_TEXT_LEN, camera: dict | None = None) -> dict:
     """Optimization profiles of both engines, fixed at build time.
 
-    Encoder: ``image`` [1, S, S, 3] fixed; ``text_ids`` [1, L] with L from 1 (opt ~24) to
-    ``max_text_len`` (default 64), or exactly ``pad_to`` when the model pads its prompts.
+    Encoder: ``image`` [1, S, S, 3] fixed (a camera-input export, ``camera`` = its
+    ``preprocess`` record: [1, H, W, 3], the camera's frame, resized in the engine);
+    ``text_ids`` [1, L] with L from 1 (opt ~24) to ``max_text_len`` (default 64), or exactly
+    ``pad_to`` when the model pads its prompts.
     Step: ``features`` [1, T, D] with T from 1 to ``window_size`` (opt = max = window_size, the
     steady state), ``h0``/``c0`` [layers, 1, H] fixed.
     """
@@ -187,6 +189,9 @@ def make_profiles(model_spec: dict, policy_config: dict, max_text_len: int | Non
             raise ManifestError(f"--max-text-len {hi} must be >= 1")
         text = shape_range((1, 1), (1, min(opt_text_len, hi)), (1, hi))
     image = (1, size, size, 3)
+    if camera is not None:
+        width, height = (int(v) for v in camera["camera_size"])
+        image = (1, height, width, 3)
     state = (layers, 1, hidden)
     return {
         "encoder": {"image": shape_range(image, image, image), "text_ids": text},
@@ -312,9 +317,20 @@ def create_manifest(*, facts: dict, precision: str, engine: str | Path, encoder_
         model_spec=dict(metadata["model_spec"]), tokenizer=metadata["tokenizer"],
         engine_bytes=sizes, build_args=dict(build_args or {}),
         normalization=dict(metadata.get("normalization") or {}),
-        export=dict(metadata.get("export") or {}),
+        export=_export_record(metadata),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
+
+
+def _export_record(metadata: dict) -> dict:
+    """The export's record, with its ``preprocess`` (camera-input exports) kept beside it."""
+    from .onnx_format import camera_input
+
+    record = dict(metadata.get("export") or {})
+    camera = camera_input(metadata)
+    if camera is not None:
+        record["preprocess"] = dict(camera)
+    return record
 
 
 def onnx_beside(manifest: EngineManifest, engine: str | Path) -> dict[str, Path]:

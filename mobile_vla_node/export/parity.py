@@ -151,7 +151,10 @@ def make_cases(reference: InferenceBackend, n_random: int = 4, frames: str | Non
         raise ValueError("no parity cases: n_random is 0 and no frames were given")
     prompts = [reference.tokenizer.encode(COMMANDS[i % len(COMMANDS)])
                for i in range(len(images))]
-    feats = [reference.encode(img, ids) for img, ids in zip(images, prompts, strict=True)]
+    # a camera-input reference (TensorRT's check against its ONNX export) encodes the frames
+    own = [raw[i] if i < len(raw) and getattr(reference, "preprocesses_on_device", False)
+           else img for i, img in enumerate(images)]
+    feats = [reference.encode(img, ids) for img, ids in zip(own, prompts, strict=True)]
     cases = []
     n = len(images)
     for i, (img, ids) in enumerate(zip(images, prompts, strict=True)):
@@ -184,7 +187,10 @@ def run_parity(reference: InferenceBackend, candidate: InferenceBackend,
     cosines: dict = {name: [] for name in OUTPUTS}
     finite = {name: True for name in OUTPUTS}
     for case in cases:
-        ref = reference.infer(case.image, case.text_ids, case.history)
+        if case.frame is not None and getattr(reference, "preprocesses_on_device", False):
+            ref = reference.infer_raw(case.frame, case.text_ids, case.history, case.swap)
+        else:
+            ref = reference.infer(case.image, case.text_ids, case.history)
         if case.frame is not None and getattr(candidate, "preprocesses_on_device", False):
             out = candidate.infer_raw(case.frame, case.text_ids, case.history, case.swap)
         else:

@@ -447,7 +447,14 @@ def build_engines(options: BuildOptions, log=_print) -> EngineManifest:
         raise BuildError(f"step ONNX {str(step_onnx)!r} (mobile_vla.step_file of {options.onnx}) "
                          "does not exist; keep NAME.step.onnx beside NAME.onnx")
     spec, policy = meta["model_spec"], meta.get("policy_config") or {}
-    profiles = make_profiles(spec, policy, options.max_text_len)
+    from ..backends.onnx_format import camera_input
+
+    camera = camera_input(meta)
+    if camera is not None and options.precision == "int8":
+        raise BuildError("int8 calibration of a camera-input export (--camera-size) is not "
+                         "supported: build fp16/fp32, or int8 from an export without "
+                         "--camera-size")
+    profiles = make_profiles(spec, policy, options.max_text_len, camera=camera)
     limit = text_len_limit(policy, meta["tokenizer"], meta.get("export"))
     validate_profiles(profiles, int(spec["window_size"]), limit)
     text_max = profiles["encoder"]["text_ids"]["max"][1]
@@ -540,7 +547,10 @@ def check_parity(options: BuildOptions, manifest: EngineManifest, log=_print) ->
             backend="tensorrt", model_path=str(options.output), device="cuda:0"))
         backends.append(candidate)
         candidate.load()
-        cases = make_cases(reference, frames=options.calib)
+        from ..backends.onnx_format import camera_input
+
+        cases = make_cases(reference, frames=options.calib,
+                           camera=camera_input(getattr(reference, "meta", None) or {}))
         results = run_parity(reference, candidate, cases, atol)
     except (BackendError, BagError, ImportError) as exc:
         print(f"vla_export tensorrt: the engines were built but the parity check could not run: "
