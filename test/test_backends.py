@@ -97,7 +97,9 @@ def test_torch_fp32_describe_and_spec(fp32):
     assert pc.preset == "tiny"
     assert fp32.spec == ModelSpec("tiny", pc.image_size, pc.backbone["text_config"]["embed_dim"],
                                   pc.window_size, pc.fwd_pred_next_n, pc.action_dim,
-                                  pc.max_linear, pc.chunk_step_period_s)
+                                  pc.max_linear, pc.chunk_step_period_s,
+                                  token_layout="package",
+                                  image_tokens=pc.backbone["latent_query_num"])
     assert fp32.spec.feature_dim == fp32.model.feature_dim
 
 
