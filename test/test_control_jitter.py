@@ -57,3 +57,79 @@ def test_latency_summary_skips_none_and_non_finite():
     s = latency_summary(data, (50,), ("max", "min"))
     assert s == {"p50": 2.0, "max": 3.0, "min": 1.0, "count": 3}
     assert latency_summary([None, float("nan")]) == {"count": 0}
+
+
+# --------------------------------------------------------------------- the control thread's GIL
+
+
+def test_gil_holding_sleep_keeps_other_python_threads_out():
+    import sys
+    import threading
+    import time
+
+    from mobile_vla_node.ros.control_thread import _gil_holding_sleep
+
+    sleep_until = _gil_holding_sleep()
+    if sleep_until is None:
+        import pytest
+
+        pytest.skip("no clock_nanosleep through ctypes.PyDLL here (not Linux)")
+    # The worker lets the GIL go on every iteration (sleep(0)); with a long switch interval
+    # nothing forces this thread to let it go between its statements. So the worker can only
+    # count while this thread waits with the GIL released.
+    counter, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        while counter[0] < 10:
+            time.sleep(0.001)
+        before = counter[0]
+        deadline = time.monotonic() + 0.05
+        sleep_until(deadline)
+        during = counter[0]
+        after_sleep = time.monotonic()
+        time.sleep(0.02)  # releases the GIL: now the worker counts again
+        released = counter[0]
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(old)
+    assert during == before            # not one bytecode of the worker while the GIL was held
+    assert released > during           # (the worker was alive and waiting for it)
+    assert after_sleep >= deadline     # and it slept until the deadline
+
+
+def test_control_thread_with_gil_lead_ticks_and_says_so():
+    import sys
+    import time
+
+    import numpy as np
+
+    from mobile_vla_node.ros.control_thread import SWITCH_INTERVAL_S, ControlThread
+
+    published = []
+    old = sys.getswitchinterval()
+    thread = ControlThread(0.01, lambda: 0.0, lambda stalled: np.ones(3), published.append,
+                           use_ros_time=False, stall_timeout_s=lambda: 0.5, gil_lead_s=0.002)
+    try:
+        thread.start()
+        assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
+        while len(published) < 5:
+            time.sleep(0.01)
+        assert thread.finish(zeros=1, spacing_s=0.0)
+    finally:
+        sys.setswitchinterval(old)
+    assert thread.ticks >= 5 and not published[-1].any()
+    if thread.gil_lead_s:  # Linux
+        assert "GIL taken 2 ms before each tick" in thread.scheduling
+    off = ControlThread(0.01, lambda: 0.0, lambda stalled: np.ones(3), published.append,
+                        use_ros_time=False, stall_timeout_s=lambda: 0.5, gil_lead_s=0.0)
+    assert off.gil_lead_s == 0.0 and off._sleep_holding_gil is None

@@ -18,11 +18,27 @@ handed to the tick function, which stops the robot until fresh input arrives.
 A tick computes and publishes under one lock with an "allowed" flag: `finish` takes the lock,
 clears the flag and sends the final zeros, so no policy Twist can follow them whatever state the
 tick is in; `publish_now` (the zero of a deactivate) is ordered with the ticks the same way.
+
+The GIL (issue 19, measured with py-spy and a per-tick trace): a thread woken at its deadline
+still needs the interpreter lock, and the node's other threads hold it (the executor converting a
+921 kB frame, the worker's decode, the diagnostics build). CPython makes a waiting thread wait
+``sys.getswitchinterval()`` (5 ms by default) before it asks the holder to let go, which was the
+5 ms p99 jitter. So the control thread
+
+* lowers the switch interval to `SWITCH_INTERVAL_S` for the process (a waiting thread asks after
+  0.5 ms), and
+* in steady mode takes the GIL ``gil_lead_s`` before each deadline and sleeps out the rest of it
+  in C *holding* the GIL (``clock_nanosleep`` through ``ctypes.PyDLL``, which does not release
+  it): at the deadline nothing of the node's Python can be in the way. Other threads lose at most
+  ``gil_lead_s`` of Python time per period (native work such as inference or a resize, which
+  releases the GIL, goes on); 0 turns it off, and off Linux it is off.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +48,45 @@ import numpy as np
 from ..core.ticks import TickSchedule
 
 ZERO = np.zeros(3)
+# The process-wide GIL switch interval while a control thread runs (CPython default 5 ms).
+SWITCH_INTERVAL_S = 5e-4
+_CLOCK_MONOTONIC, _TIMER_ABSTIME, _EINTR = 1, 1, 4
+PR_SET_NAME = 15
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _gil_holding_sleep() -> Callable[[float], None] | None:
+    """``sleep_until(monotonic_s)`` that keeps the GIL, or None where it cannot be had."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.PyDLL("libc.so.6")  # PyDLL: calls keep the GIL
+        nanosleep = libc.clock_nanosleep
+    except (OSError, AttributeError):
+        return None
+    nanosleep.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec),
+                          ctypes.c_void_p]
+    nanosleep.restype = ctypes.c_int
+
+    def sleep_until(deadline: float) -> None:
+        # time.monotonic() is CLOCK_MONOTONIC on Linux: an absolute wake-up on the same clock.
+        sec = int(deadline)
+        ts = _Timespec(sec, int((deadline - sec) * 1e9))
+        while nanosleep(_CLOCK_MONOTONIC, _TIMER_ABSTIME, ctypes.byref(ts), None) == _EINTR:
+            pass
+
+    return sleep_until
+
+
+def name_thread(name: str) -> None:
+    """Give the calling thread its name in the OS (``top -H``, ``ps -L``, perf; Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def set_realtime(priority: int) -> str:
@@ -59,7 +114,8 @@ class ControlThread:
     def __init__(self, period_s: float, ros_now: Callable[[], float],
                  tick: Callable[[bool], np.ndarray], publish: Callable[[np.ndarray], None],
                  use_ros_time: bool, stall_timeout_s: Callable[[], float],
-                 on_error: Callable[[Exception], None] | None = None, priority: int = 0):
+                 on_error: Callable[[Exception], None] | None = None, priority: int = 0,
+                 gil_lead_s: float = 0.0):
         self.period = period_s
         self.ros_now = ros_now
         self.tick = tick
@@ -68,6 +124,8 @@ class ControlThread:
         self.stall_timeout_s = stall_timeout_s
         self.on_error = on_error
         self.priority = priority
+        self._sleep_holding_gil = _gil_holding_sleep() if gil_lead_s > 0 else None
+        self.gil_lead_s = gil_lead_s if self._sleep_holding_gil is not None else 0.0
         self.scheduling = "not started"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -77,7 +135,9 @@ class ControlThread:
         self.thread = threading.Thread(target=self._run, name="vla_control", daemon=True)
 
     def start(self) -> None:
-        """Start ticking."""
+        """Start ticking (and lower the process's GIL switch interval, see the module doc)."""
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.thread.start()
 
     def notify_clock(self, *_args) -> None:
@@ -124,7 +184,11 @@ class ControlThread:
             self.ticks += 1
 
     def _run(self) -> None:
-        self.scheduling = set_realtime(self.priority)
+        name_thread("vla_control")
+        scheduling = set_realtime(self.priority)
+        if self.gil_lead_s > 0 and not self.use_ros_time:
+            scheduling += f", GIL taken {self.gil_lead_s * 1e3:g} ms before each tick"
+        self.scheduling = scheduling
         if self.use_ros_time:
             self._run_ros_time()
         else:
@@ -132,11 +196,14 @@ class ControlThread:
 
     def _run_steady(self) -> None:
         schedule = TickSchedule(self.period, time.monotonic())
+        lead = self.gil_lead_s
         while not self._stop.is_set():
             wait = schedule.wait_s(time.monotonic())
-            if wait > 0:
-                self._stop.wait(wait)
+            if wait > lead:
+                self._stop.wait(wait - lead)  # releases the GIL
                 continue
+            if wait > 0:  # the GIL is ours now: keep it until the deadline
+                self._sleep_holding_gil(schedule.next)
             schedule.advance(time.monotonic())
             self._emit(False)
 

@@ -42,7 +42,7 @@ from ..core.pipeline import BAD_IMAGE, INFERENCE_ERROR, FramePipeline
 from ..core.runtime import PolicyRuntime
 from ..core.ticks import ClockGuard
 from ..model.errors import CheckpointError
-from .control_thread import ControlThread
+from .control_thread import ControlThread, name_thread
 from .parameters import declare_parameters, parameter_values, plain
 from .qos import LATCHED_INPUTS, InputGate, profile
 
@@ -89,6 +89,7 @@ class VlaNode(LifecycleNode):
         self._pending = None
         self._ticks = 0
         self._last_result = None
+        self._timing_out = None  # the step timing of the last tick, sent after its Twist
         self._held_command: str | None = None  # latched inputs received before configure
         self._held_enable: bool | None = None
         period = 1.0 / cfg.control.control_rate_hz
@@ -124,7 +125,7 @@ class VlaNode(LifecycleNode):
         self.control_thread = ControlThread(
             period, self._now, self._tick, self._publish_twist, use_ros_time,
             lambda: self.config.control.image_timeout_s, self._on_tick_error,
-            cfg.control.control_thread_priority)
+            cfg.control.control_thread_priority, cfg.control.control_gil_lead_ms * 1e-3)
         if use_ros_time:
             from rclpy.clock import JumpThreshold
             from rclpy.duration import Duration
@@ -382,6 +383,7 @@ class VlaNode(LifecycleNode):
 
     # -- inference worker (off the executor) -------------------------------------------------
     def _worker_loop(self) -> None:
+        name_thread("vla_inference")
         while not self._worker_stop.is_set():
             if not self._wake.wait(timeout=0.1):
                 continue
@@ -446,11 +448,15 @@ class VlaNode(LifecycleNode):
                                                      size=len(TIMING_LABELS), stride=1)]
             timing.data = [meta.transport_ms, meta.preprocess_ms, meta.inference_ms,
                            e2e_ms if e2e_ms is not None else float("nan")]
-            self.timing_pub.publish(timing)
+            self._timing_out = timing  # published right after this tick's Twist
         return result.twist
 
     def _publish_twist(self, v) -> None:
         self.cmd_pub.publish(_twist(v))
+        # The Twist is what the deadline is for; the step's timing message follows it.
+        timing, self._timing_out = self._timing_out, None
+        if timing is not None:
+            self.timing_pub.publish(timing)
 
     def _on_tick_error(self, exc: Exception) -> None:
         self.get_logger().error(f"control tick failed ({type(exc).__name__}: {exc}); "
