@@ -38,7 +38,12 @@ from .base import (
     check_token_layout,
     check_window,
 )
-from .onnx_format import ExportFormatError, model_spec_from_metadata
+from .onnx_format import (
+    CAMERA_FORMAT_VERSION,
+    ExportFormatError,
+    camera_frame,
+    model_spec_from_metadata,
+)
 
 TRITON_INSTALL = "pip install 'tritonclient[grpc]' (requirements.txt pins it)"
 ENCODER_SUFFIX = "_encoder"
@@ -166,6 +171,7 @@ class TritonBackend(InferenceBackend):
     def __init__(self, config):
         super().__init__(config)
         self._lock = threading.Lock()
+        self.camera = None   # a camera-input model's preprocess record (set by load)
         self._client = None
         self._stats_client = None
         self._stats_thread = None
@@ -284,7 +290,17 @@ class TritonBackend(InferenceBackend):
         from ..model.tokenizer import PromptTokenizer
 
         name = self.encoder_name
-        if params.get("format") != FORMAT_VERSION:
+        self.camera = None
+        if params.get("format") == CAMERA_FORMAT_VERSION:
+            # a camera-input encoder (vla_export triton --camera-size): it resizes in its graph
+            try:
+                self.camera = json.loads(params["preprocess"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BackendError(f"backend triton: model {name!r} is a camera-input export "
+                                   f"without a readable {PARAM_PREFIX}preprocess parameter "
+                                   f"({exc})") from exc
+            self.preprocesses_on_device = True
+        elif params.get("format") != FORMAT_VERSION:
             raise BackendError(f"backend triton: model {name!r} is not a mobile_vla export of "
                                f"format {FORMAT_VERSION} (config.pbtxt parameter "
                                f"{PARAM_PREFIX}format is {params.get('format')!r}); write the "
@@ -302,8 +318,11 @@ class TritonBackend(InferenceBackend):
 
     def _check_io(self, configs: dict) -> None:
         s = self.spec
+        image = [s.image_size, s.image_size, 3]
+        if self.camera is not None:
+            image = [int(self.camera["camera_size"][1]), int(self.camera["camera_size"][0]), 3]
         want = {
-            self.encoder_name: ({"image": ("TYPE_UINT8", [s.image_size, s.image_size, 3]),
+            self.encoder_name: ({"image": ("TYPE_UINT8", image),
                                  "text_ids": ("TYPE_INT64", [-1])},
                                 {"feature": ("TYPE_FP32", [s.feature_dim])}),
             self.step_name: ({"features": ("TYPE_FP32", [-1, s.feature_dim])},
@@ -432,8 +451,15 @@ class TritonBackend(InferenceBackend):
         return out
 
     def _encode(self, image: np.ndarray, text_ids: np.ndarray, deadline: float) -> np.ndarray:
-        ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
-                                   "served encoder")
+        if self.camera is not None:   # the camera frame, in the export's camera order
+            image = camera_frame(self.camera, image)
+            ids = np.ascontiguousarray(text_ids, dtype=np.int64).reshape(1, -1)
+            if self.max_text_len is not None and ids.shape[1] > self.max_text_len:
+                raise ValueError(f"prompt has {ids.shape[1]} ids; the served encoder accepts at "
+                                 f"most {self.max_text_len} (its positional table is fixed)")
+        else:
+            ids = check_encoder_inputs(self.spec, image, text_ids, self.max_text_len,
+                                       "served encoder")
         out = self._request(self.encoder_name, {"image": np.ascontiguousarray(image)[None],
                                                 "text_ids": ids}, "feature", deadline)
         return np.asarray(out, dtype=np.float32).reshape(-1)
@@ -472,8 +498,32 @@ class TritonBackend(InferenceBackend):
 
         return self._guarded(work)
 
+    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
+                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+        """The camera frame -> (feature, actions); a camera-input model resizes it on the server.
+
+        ``channel_order`` "bgr": swap the frame's channels. A model-size model gets the frame
+        resized on the CPU first (the base class's behaviour).
+        """
+        if self.camera is None:
+            return super().infer_raw(rgb, text_ids, history, channel_order)
+        return self.infer(camera_frame(self.camera, rgb, channel_order), text_ids, history)
+
+    def warmup(self, iters: int = 3) -> None:
+        """The full step on dummy inputs (a camera-input model: a camera-size frame)."""
+        if self.camera is None:
+            return super().warmup(iters)
+        width, height = self.camera["camera_size"]
+        ids = self.tokenizer.encode("warm up")
+        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
+        for _ in range(iters):
+            self.infer(np.zeros((height, width, 3), np.uint8), ids, history)
+
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
-        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,) from the server's encoder model."""
+        """uint8 (S, S, 3) + int64 (L,) -> float32 (D,) from the server's encoder model.
+
+        A camera-input model takes the camera frame (H, W, 3) in its camera order instead.
+        """
         return self._guarded(lambda deadline: self._encode(image, text_ids, deadline))
 
     def decode(self, features: np.ndarray) -> np.ndarray:

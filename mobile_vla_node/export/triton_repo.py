@@ -42,11 +42,17 @@ TYPES = {np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int64): "TYPE_INT64",
          np.dtype(np.float32): "TYPE_FP32"}
 
 
-def serving_io(spec) -> dict:
-    """``{role: (inputs, outputs)}`` with ``{name: (dtype, dims without batch)}`` each."""
+def serving_io(spec, camera: dict | None = None) -> dict:
+    """``{role: (inputs, outputs)}`` with ``{name: (dtype, dims without batch)}`` each.
+
+    ``camera`` (a camera-input encoder's ``preprocess`` record): ``image`` is the camera frame.
+    """
     s = spec
+    image = [s.image_size, s.image_size, 3]
+    if camera is not None:
+        image = [int(camera["camera_size"][1]), int(camera["camera_size"][0]), 3]
     return {
-        "encoder": ({"image": ("TYPE_UINT8", [s.image_size, s.image_size, 3]),
+        "encoder": ({"image": ("TYPE_UINT8", image),
                      "text_ids": ("TYPE_INT64", [-1])},
                     {"feature": ("TYPE_FP32", [s.feature_dim])}),
         "step": ({"features": ("TYPE_FP32", [-1, s.feature_dim])},
@@ -112,8 +118,13 @@ def model_config(name: str, *, inputs: dict, outputs: dict, max_batch: int, back
 
 # --- graphs ---------------------------------------------------------------------------------
 
-def export_graphs(policy, example_ids, opset: int, workdir: Path, fp16: bool):
-    """Trace the batched encoder and step graphs; return two ``onnx.ModelProto``."""
+def export_graphs(policy, example_ids, opset: int, workdir: Path, fp16: bool,
+                  preprocess: dict | None = None):
+    """Trace the batched encoder and step graphs; return two ``onnx.ModelProto``.
+
+    ``preprocess`` (`onnx.camera_preprocess`): the encoder takes camera frames and resizes them
+    in-graph (PIL's tables, bit-exact), as `vla_export onnx --camera-size` does.
+    """
     import onnx
     import torch
     from torch import nn
@@ -121,13 +132,15 @@ def export_graphs(policy, example_ids, opset: int, workdir: Path, fp16: bool):
     from . import onnx as ox
 
     class ServeEncoder(nn.Module):
-        """(B, S, S, 3) uint8 + (B, L) int64 -> (B, D) float32."""
+        """(B, S, S, 3) uint8 (camera input: (B, H, W, 3)) + (B, L) int64 -> (B, D) float32."""
 
-        def __init__(self, p):
+        def __init__(self, p, swap: bool):
             super().__init__()
-            self.p = p
+            self.p, self.swap = p, swap
 
         def forward(self, image, text_ids):
+            if self.swap:
+                image = image.index_select(3, torch.tensor([2, 1, 0]))
             return self.p.encode_frame(image, text_ids).float()
 
     class ServeStep(nn.Module):
@@ -143,12 +156,17 @@ def export_graphs(policy, example_ids, opset: int, workdir: Path, fp16: bool):
             return self.p.decode(features, h0, torch.zeros_like(h0))[0].float()
 
     size = policy.config.image_size
+    shape, swap = (size, size), False
+    if preprocess is not None:
+        shape = (preprocess["camera_size"][1], preprocess["camera_size"][0])
+        swap = preprocess["camera_order"] != preprocess["channel_order"]
     ids = torch.as_tensor(example_ids, dtype=torch.long).reshape(1, -1).repeat(2, 1)
-    image = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    image = torch.zeros((2, *shape, 3), dtype=torch.uint8)
     enc_path, step_path = workdir / "encoder.onnx", workdir / "step.onnx"
-    ox._quiet_export(ServeEncoder(policy), (image, ids), enc_path, opset, ["image", "text_ids"],
-                     ["feature"], {"image": {0: "batch"}, "text_ids": {0: "batch", 1: "text_len"},
-                                   "feature": {0: "batch"}})
+    ox._quiet_export(ServeEncoder(policy, swap), (image, ids), enc_path, opset,
+                     ["image", "text_ids"], ["feature"],
+                     {"image": {0: "batch"}, "text_ids": {0: "batch", 1: "text_len"},
+                      "feature": {0: "batch"}})
     gen = torch.Generator().manual_seed(0)
     window = torch.randn((2, policy.config.window_size, policy.feature_dim), generator=gen)
     ox._quiet_export(ServeStep(policy), (window,), step_path, opset, ["features"], ["actions"],
@@ -159,25 +177,35 @@ def export_graphs(policy, example_ids, opset: int, workdir: Path, fp16: bool):
     return encoder, step
 
 
-def batched_parity(reference, encoder: Path, step: Path, batch: int, atol: float) -> dict:
+def batched_parity(reference, encoder: Path, step: Path, batch: int, atol: float,
+                   camera: dict | None = None) -> dict:
     """ONNX Runtime (CPU) on the written graphs vs PyTorch, row by row, at batch 1 and ``batch``.
 
-    Returns ``{"passed", "max_abs": {"feature", "actions"}, "atol", "batches"}``.
+    Returns ``{"passed", "max_abs": {"feature", "actions"}, "atol", "batches"}``. A camera-input
+    encoder gets camera frames; PyTorch gets them resized by PIL.
     """
     import onnxruntime as ort
+
+    from ..core.preprocess import to_model_input
 
     spec = reference.spec
     enc = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
     stp = ort.InferenceSession(str(step), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     worst = {"feature": 0.0, "actions": 0.0}
+    shape, swap = (spec.image_size, spec.image_size), "rgb"
+    if camera is not None:
+        shape = (camera["camera_size"][1], camera["camera_size"][0])
+        swap = "bgr" if camera["camera_order"] != camera["channel_order"] else "rgb"
     for b in sorted({1, batch}):
-        images = rng.integers(0, 256, (b, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+        images = rng.integers(0, 256, (b, *shape, 3), dtype=np.uint8)
         for text in ("go to the red box", "turn left"):
             ids = np.asarray(reference.tokenizer.encode(text), np.int64)
             got = enc.run(None, {"image": images, "text_ids": np.repeat(ids[None], b, 0)})[0]
             for row in range(b):
-                want = reference.encode(images[row], ids)
+                image = images[row] if camera is None else to_model_input(
+                    images[row], spec.image_size, swap, camera["resize_filter"])
+                want = reference.encode(image, ids)
                 worst["feature"] = max(worst["feature"], float(np.abs(got[row] - want).max()))
         for t in sorted({1, spec.window_size}):
             window = rng.standard_normal((b, t, spec.feature_dim)).astype(np.float32)
@@ -195,9 +223,9 @@ def batched_parity(reference, encoder: Path, step: Path, batch: int, atol: float
 def write_model(repo: Path, name: str, role: str, spec, *, file: Path, filename: str,
                 max_batch: int, backend: str = "", platform: str = "", instance_kind: str,
                 instances: int, gpus: list | None, queue_delay_us: int,
-                parameters: dict | None) -> Path:
+                parameters: dict | None, camera: dict | None = None) -> Path:
     """Write ``repo/name/config.pbtxt`` and ``repo/name/1/filename`` (moved from ``file``)."""
-    inputs, outputs = serving_io(spec)[role]
+    inputs, outputs = serving_io(spec, camera)[role]
     folder = repo / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -213,10 +241,10 @@ def write_model(repo: Path, name: str, role: str, spec, *, file: Path, filename:
     return folder
 
 
-def trt_profiles(spec, max_batch: int, max_text_len: int) -> dict:
+def trt_profiles(spec, max_batch: int, max_text_len: int, camera: dict | None = None) -> dict:
     """TensorRT optimization profiles with the batch axis (1 .. max_batch)."""
     s, b = spec, max(max_batch, 1)
-    img = [s.image_size, s.image_size, 3]
+    img = serving_io(spec, camera)["encoder"][0]["image"][1]
     opt_text = min(24, max_text_len)
     return {
         "encoder": {"image": {"min": (1, *img), "opt": (b, *img), "max": (b, *img)},
@@ -238,7 +266,8 @@ def build_plans(repo: Path, name: str, spec, onnx_files: dict, args, parameters:
         raise RuntimeError(f"--tensorrt needs TensorRT ({exc}); build the plans on the serving "
                            "GPU machine (JetPack or pip install tensorrt)") from exc
     max_text = int(parameters.get("max_text_len") or 64)
-    profiles = trt_profiles(spec, args.max_batch, min(max_text, 64))
+    camera = getattr(args, "_camera", None)
+    profiles = trt_profiles(spec, args.max_batch, min(max_text, 64), camera)
     logger = trt.Logger(trt.Logger.WARNING)
     written = []
     with tempfile.TemporaryDirectory(prefix="vla_triton_trt_") as tmp:
@@ -252,6 +281,7 @@ def build_plans(repo: Path, name: str, spec, onnx_files: dict, args, parameters:
                 repo, model, role, spec, file=plan, filename="model.plan",
                 max_batch=args.max_batch, platform="tensorrt_plan", instance_kind="KIND_GPU",
                 instances=args.instances, gpus=args.gpus, queue_delay_us=args.queue_delay_us,
+                camera=camera if role == "encoder" else None,
                 parameters=dict(parameters, precision=args.tensorrt) if role == "encoder"
                 else {"format": FORMAT_VERSION, "role": role}))
     return written
@@ -263,9 +293,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint file or model folder")
     parser.add_argument("--backbone-path", default="", help="local Kosmos-2 folder")
     parser.add_argument("--model-config", default="", help="the team's JSON training config")
-    from .cli import add_layout_arguments
+    from .cli import add_camera_arguments, add_layout_arguments
 
     add_layout_arguments(parser)
+    add_camera_arguments(parser)
     parser.add_argument("--output", required=True, help="model repository folder (created)")
     parser.add_argument("--name", default=DEFAULT_NAME,
                         help=f"model name prefix: NAME_encoder, NAME_step (default {DEFAULT_NAME}"
@@ -301,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK, EXIT_PARITY, CliError, Progress, _metadata, _source, load_reference
-    from .onnx import max_text_len, save_model, set_metadata, weight_bytes
+    from .onnx import camera_preprocess, max_text_len, save_model, set_metadata, weight_bytes
 
     if args.max_batch < 0 or args.instances < 1:
         raise CliError("--max-batch must be >= 0 and --instances >= 1")
@@ -329,10 +360,13 @@ def _run(args: argparse.Namespace) -> int:
     ids = reference.tokenizer.encode("go to the red box")
     with tempfile.TemporaryDirectory(prefix="vla_triton_") as tmp:
         work = Path(tmp)
+        camera = camera_preprocess(policy, getattr(args, "camera_size", None),
+                                   getattr(args, "camera_order", "rgb"))
+        args._camera = camera
         with progress.phase(f"exporting batched encoder and step (opset {args.opset})"):
-            encoder, step = export_graphs(policy, ids, args.opset, work, args.fp16)
+            encoder, step = export_graphs(policy, ids, args.opset, work, args.fp16, camera)
         meta = _metadata(reference, args, preset, checkpoint, atol, max_text_len(policy),
-                         weight_bytes(encoder) > 1_800_000_000)
+                         weight_bytes(encoder) > 1_800_000_000, camera)
         export = json.loads(meta["export"])
         export["triton"] = {"max_batch": args.max_batch, "queue_delay_us": args.queue_delay_us,
                             "instance_kind": args.instance_kind, "instances": args.instances,
@@ -346,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
         del encoder, step
         with progress.phase(f"parity vs PyTorch at batch 1 and {max(args.max_batch, 1)}"):
             parity = batched_parity(reference, files["encoder"], files["step"],
-                                    max(args.max_batch, 1), atol)
+                                    max(args.max_batch, 1), atol, camera)
         print(f"parity feature: max_abs={parity['max_abs']['feature']:.3e}  actions: max_abs="
               f"{parity['max_abs']['actions']:.3e}  atol={atol:g}  "
               f"{'PASS' if parity['passed'] else 'FAIL'}", flush=True)
@@ -369,7 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         with progress.phase(f"writing {repo}"):
             written = [
                 write_model(repo, enc_name, "encoder", spec, file=files["encoder"],
-                            filename="model.onnx", parameters=params, **common),
+                            filename="model.onnx", parameters=params, camera=camera, **common),
                 write_model(repo, step_name, "step", spec, file=files["step"],
                             filename="model.onnx", parameters={"format": FORMAT_VERSION,
                                                                "role": "step"}, **common)]
