@@ -39,12 +39,21 @@ class FramePreprocess(nn.Module):
         self._tables: dict = {}
 
     def _table(self, n_in: int, device):
+        """(index, weight) tensors of one axis on ``device``, built once.
+
+        A CUDA graph's warm-up runs build them before its capture. Tensors made under a fake
+        mode (a tensor subclass) are used for that call only, never cached.
+        """
         key = (n_in, str(device))
-        if key not in self._tables:
-            index, weight = pil_resize.axis_table(n_in, self.size, self.resize_filter)
-            self._tables[key] = (torch.tensor(index.reshape(-1), device=device),
-                                 torch.tensor(weight, dtype=torch.int32, device=device))
-        return self._tables[key]
+        cached = self._tables.get(key)
+        if cached is not None:
+            return cached
+        index, weight = pil_resize.axis_table(n_in, self.size, self.resize_filter)
+        table = (torch.tensor(index.reshape(-1), device=device),
+                 torch.tensor(weight, dtype=torch.int32, device=device))
+        if type(table[0]) is torch.Tensor:
+            self._tables[key] = table
+        return table
 
     def _pass(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """One Pillow pass along ``axis`` (1: rows, 2: columns) of an int32 (B, H, W, 3)."""
