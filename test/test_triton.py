@@ -452,6 +452,7 @@ def test_classification_head_is_served_as_logits(tmp_path):
         save_lightning,
         tiny_config,
         to_team_keys,
+        tokenizer_dir,
         training_json,
         write_json,
     )
@@ -466,9 +467,11 @@ def test_classification_head_is_served_as_logits(tmp_path):
     write_json(tmp_path / "cls.json", training_json("MobileVLAClassificationDecoder",
                                                     action_dim=6, classification_speed=1.0))
     assert main(["triton", "--checkpoint", str(ckpt), "--preset", "tiny", "--output",
-                 str(tmp_path / "repo"), "--instance-kind", "cpu"]) == 0
+                 str(tmp_path / "repo"), "--instance-kind", "cpu",
+                 "--tokenizer-path", str(tokenizer_dir())]) == 0
     local = create_backend(BackendConfig(backend="torch", model_preset="tiny",
-                                         model_path=str(ckpt), warmup_iters=0))
+                                         model_path=str(ckpt), warmup_iters=0,
+                                         tokenizer_path=str(tokenizer_dir())))
     local.load()
     with LocalTriton(tmp_path / "repo", tmp_path / "server") as srv:
         remote = triton(srv.url)
