@@ -1,43 +1,73 @@
-"""Torch (CPU or GPU) resize vs PIL: uint8 differences, the effect on actions, and the cost.
+"""Camera frame -> model input, every path against PIL: pixels, effect on actions, and cost.
 
-    PYTHONPATH=. python scripts/preprocess_parity.py --device cpu --json out.json
+    PYTHONPATH=. python scripts/preprocess_parity.py --json out.json [--iters 100] [--quick]
 
-Frames: 40 synthetic demo scenes (mobile_vla_node.demo.synthetic, 640x480), one uniform-noise
-frame and one gradient frame with hard wrap-around edges, at 640x480 and 1280x720. For each:
-`core.preprocess.to_model_input` (PIL) vs `backends.torch_preprocess.resize_like_pil` on
-``--device``. Actions: the shipped demo policy (tiny, trained) on both inputs of every scene, fp32
-on the CPU, a window of 8 copies of the frame's feature (a still robot), as
-test/test_demo_policy.py does. Cost: per-call p50/p99 of PIL on the CPU and of the torch path
-(upload of the uint8 frame included, synchronized on CUDA).
+Frames: synthetic demo scenes (mobile_vla_node.demo.synthetic), one uniform-noise frame and one
+gradient with hard wrap-around edges, at 640x480 (and 1280x720 without --quick).
+
+Pixels (max uint8 levels vs ``PIL.Image.resize``, share of pixels that differ), per filter:
+
+* ``exact tables`` -- `core.resize.resize_exact` (numpy, integer; the tables the graphs bake);
+* ``in-graph torch`` -- `model.preprocessing.FramePreprocess` (int32 torch ops, CPU);
+* ``in-graph ONNX`` -- the same module exported to ONNX, run by ONNX Runtime (CPU);
+* ``cpu torch uint8`` -- torch's antialiased uint8 kernel (`core.preprocess.CpuResize`), the
+  runtime's CPU path for bilinear/bicubic;
+* ``onnx Resize ...`` -- ONNX's own Resize op with ``antialias=1`` (opset 18), in the variants
+  that matter: uint8 or float input, ``exclude_outside`` 0 (the default) or 1, cubic a = -0.5;
+* ``torch float (old device path)`` -- `backends.torch_preprocess.resize_like_pil` (what the torch
+  backend used on CUDA before), bicubic/bilinear;
+* ``cv2 INTER_AREA`` / ``cv2 INTER_LINEAR`` -- OpenCV, for reference (no PIL parity claimed).
+
+Actions: the shipped demo policy (tiny, trained), with a custom pipeline of each filter and CLIP
+mean/std, fp32 CPU, a window of 8 copies of the frame's feature (a still robot), PIL's input vs
+each path's input; through ONNX: a camera-input export (in-graph resize) vs a model-size export
+fed PIL's input.
+
+Cost (p50/p99 ms, one thread where the path allows, machine load recorded): decode (zero-copy
+view of rgb8 / bgr8, the old copying decode of bgr8, JPEG), each CPU resize, and the ONNX step with
+and without the in-graph resize (the cost moved into the graph).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import platform
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobile_vla_node.backends.torch_preprocess import resize_like_pil  # noqa: E402
-from mobile_vla_node.core.preprocess import to_model_input  # noqa: E402
+from mobile_vla_node.core import resize as pil_resize  # noqa: E402
+from mobile_vla_node.core.image_pipeline import CLIP_MEAN, CLIP_STD  # noqa: E402
+from mobile_vla_node.core.preprocess import (  # noqa: E402
+    PIL_FILTER_IDS,
+    CpuResize,
+    decode_compressed,
+    decode_message,
+    decode_view,
+)
 
 SIZE = 224
-N_SCENES = 40
+FILTERS = pil_resize.RESIZE_FILTERS
 
 
-def frames(width: int, height: int) -> dict[str, np.ndarray]:
+def frames(width: int, height: int, n_scenes: int) -> dict[str, np.ndarray]:
     """Named test frames at one resolution."""
     from mobile_vla_node.demo import synthetic
 
     rng = np.random.default_rng(7)
     out = {f"scene_{i}": synthetic.render(synthetic.random_scene(rng), width, height)
-           for i in range(N_SCENES)}
+           for i in range(n_scenes)}
     out["noise"] = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:height, 0:width]
     out["gradient_wrap"] = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1),
@@ -45,116 +75,299 @@ def frames(width: int, height: int) -> dict[str, np.ndarray]:
     return out
 
 
-def torch_resize(torch, rgb: np.ndarray, device: str) -> np.ndarray:
-    """One frame through the device path, back as numpy."""
-    x = torch.from_numpy(rgb).to(device)[None]
-    return resize_like_pil(x, SIZE)[0].cpu().numpy()
+def pil(rgb: np.ndarray, resize_filter: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((SIZE, SIZE), PIL_FILTER_IDS[resize_filter]))
 
 
-def timing(fn, sync, iters: int) -> dict:
+def timing(fn, iters: int) -> dict:
     """p50/p99 in ms of ``fn`` (after 5 warm-up calls)."""
     for _ in range(5):
         fn()
-    sync()
     samples = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        sync()
         samples.append((time.perf_counter() - t0) * 1e3)
     return {"p50_ms": float(np.percentile(samples, 50)),
             "p99_ms": float(np.percentile(samples, 99)), "iters": iters}
 
 
-def action_effect(torch, scenes: dict, device: str) -> dict:
-    """Max/mean abs action difference of the demo policy, PIL input vs torch-resized input."""
+# --- paths ------------------------------------------------------------------------------------
+
+def onnx_resize_module(torch, resize_filter: str, shape, workdir: Path):
+    """`FramePreprocess.resize` exported to ONNX for one frame shape; an ORT session."""
+    import onnxruntime as ort
+
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    module = FramePreprocess(SIZE, resize_filter, CLIP_MEAN, CLIP_STD)
+
+    class Resize(torch.nn.Module):
+        def forward(self, frames):
+            return module.resize(frames)
+
+    path = workdir / f"resize_{resize_filter}_{shape[0]}x{shape[1]}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Resize(), (torch.zeros((1, *shape, 3), dtype=torch.uint8),), str(path),
+                          dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["out"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_resize_op(mode: str, uint8: bool, exclude_outside: int, shape):
+    """ONNX's Resize op with antialias=1 (opset 18) on NHWC frames; a callable rgb -> uint8."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.UINT8 if uint8 else TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", elem, [1, *shape, 3])
+    y = helper.make_tensor_value_info("y", elem, None)
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, SIZE, SIZE, 3])
+    attrs = {"mode": mode, "antialias": 1, "exclude_outside": exclude_outside}
+    if mode == "cubic":
+        attrs["cubic_coeff_a"] = -0.5
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)
+    model = helper.make_model(helper.make_graph([node], "resize", [x], [y], initializer=[sizes]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+
+    def run(rgb):
+        inp = rgb[None] if uint8 else rgb[None].astype(np.float32)
+        out = session.run(None, {"x": inp})[0][0]
+        return out if uint8 else np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+    return run
+
+
+def paths(torch, resize_filter: str, shape, workdir: Path) -> dict:
+    """name -> callable(rgb) -> uint8 (224, 224, 3), the paths that exist for this filter."""
+    import cv2
+
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    module = FramePreprocess(SIZE, resize_filter, CLIP_MEAN, CLIP_STD)
+    session = onnx_resize_module(torch, resize_filter, shape, workdir)
+    out = {
+        "exact tables (numpy)": lambda rgb: pil_resize.resize_exact(rgb, SIZE, resize_filter),
+        "in-graph torch (int32)": lambda rgb: module.resize(torch.from_numpy(rgb)[None])[0]
+        .numpy(),
+        "in-graph ONNX (ORT CPU)": lambda rgb: session.run(None, {"image": rgb[None]})[0][0],
+    }
+    if resize_filter in ("bicubic", "bilinear"):
+        from mobile_vla_node.backends.torch_preprocess import resize_like_pil
+
+        fast = CpuResize(SIZE, resize_filter, engine="torch")
+        out["cpu torch uint8 kernel"] = fast
+        mode = {"bicubic": "cubic", "bilinear": "linear"}[resize_filter]
+        for uint8, excl in ((True, 0), (True, 1), (False, 1)):
+            out[f"onnx Resize antialias {'uint8' if uint8 else 'float'} exclude_outside={excl}"] \
+                = onnx_resize_op(mode, uint8, excl, shape)
+        out["torch float (old device path)"] = lambda rgb: resize_like_pil(
+            torch.from_numpy(rgb)[None], SIZE, resize_filter)[0].numpy()
+    if resize_filter == "bilinear":
+        out["cv2 INTER_AREA (no parity claimed)"] = lambda rgb: cv2.resize(
+            rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        out["cv2 INTER_LINEAR (no parity claimed)"] = lambda rgb: cv2.resize(
+            rgb, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def pixel_table(torch, named: dict, shape, workdir: Path) -> list:
+    rows = []
+    for resize_filter in FILTERS:
+        refs = {k: pil(v, resize_filter).astype(np.int16) for k, v in named.items()}
+        for name, fn in paths(torch, resize_filter, shape, workdir).items():
+            d = np.concatenate([np.abs(np.asarray(fn(rgb)).astype(np.int16) - refs[k]).ravel()
+                                for k, rgb in named.items()])
+            rows.append({"filter": resize_filter, "path": name, "frames": len(named),
+                         "max_levels": int(d.max()), "differing_fraction": float((d > 0).mean())})
+    return rows
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+def action_effect(torch, scenes: dict) -> list:
+    """Per filter: the demo policy on PIL's input vs the CPU torch kernel's and in-graph input."""
+    from mobile_vla_node.core.image_pipeline import ImageChoice
     from mobile_vla_node.model.loader import ModelSource, load_policy
 
-    loaded = load_policy(ModelSource(preset="tiny"))
-    model, tok = loaded.model, loaded.tokenizer
-    window = loaded.config.window_size
-    diffs, feat_diffs = [], []
-    with torch.inference_mode():
-        ids = torch.from_numpy(tok.encode("go to the red box"))[None]
-        for rgb in scenes.values():
-            outs = []
-            for image in (to_model_input(rgb, SIZE), torch_resize(torch, rgb, device)):
-                feature = model.encode_frame(torch.from_numpy(image)[None], ids)
+    rows = []
+    for resize_filter in ("bicubic", "bilinear", "lanczos", "nearest"):
+        loaded = load_policy(ModelSource("tiny", image=ImageChoice(
+            "custom", resize_filter, 0, CLIP_MEAN, CLIP_STD)))
+        model, tok = loaded.model, loaded.tokenizer
+        window = 8
+        candidates = {"in-graph (camera frame into encode_frame)": None}
+        if resize_filter in ("bicubic", "bilinear"):
+            candidates["cpu torch uint8 kernel"] = CpuResize(SIZE, resize_filter, engine="torch")
+        with torch.inference_mode():
+            ids = torch.from_numpy(tok.encode("go to the red box"))[None]
+
+            def act(image, model=model, ids=ids, window=window):
+                feature = model.encode_frame(torch.from_numpy(np.ascontiguousarray(image))[None],
+                                             ids)
                 actions, _, _ = model.decode(feature[:, None].expand(1, window, -1),
                                              *model.zero_state(1))
-                outs.append((feature[0].numpy(), actions[0].numpy()))
-            feat_diffs.append(np.abs(outs[0][0] - outs[1][0]).max())
-            diffs.append(np.abs(outs[0][1] - outs[1][1]))
+                return actions[0].numpy()
+
+            ref = {k: act(pil(rgb, resize_filter)) for k, rgb in scenes.items()}
+            for name, fn in candidates.items():
+                d = np.stack([np.abs(act(rgb if fn is None else fn(rgb)) - ref[k])
+                              for k, rgb in scenes.items()])
+                rows.append({"filter": resize_filter, "path": name, "frames": len(scenes),
+                             "through": "torch fp32 cpu", "actions_max_abs": float(d.max()),
+                             "actions_mean_abs": float(d.mean())})
+    return rows
+
+
+def export_pair(workdir: Path, width: int, height: int) -> tuple[Path, Path]:
+    """The tiny demo policy as a model-size and a camera-input ONNX export."""
+    from mobile_vla_node.export import cli
+
+    paths_out = (workdir / "model.onnx", workdir / "camera.onnx")
+    for path, extra in zip(paths_out, ([], ["--camera-size", f"{width}x{height}"]), strict=True):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            rc = cli.main(["onnx", "--preset", "tiny", "--output", str(path), "--parity-cases",
+                           "2", *extra])
+        if rc != 0:
+            raise RuntimeError(f"vla_export onnx {extra} exited {rc}")
+    return paths_out
+
+
+def onnx_backends(model: Path, camera: Path):
+    from mobile_vla_node.backends.onnx_backend import OnnxBackend
+    from mobile_vla_node.core.config import BackendConfig
+
+    out = []
+    for path in (model, camera):
+        backend = OnnxBackend(BackendConfig(backend="onnx", model_path=str(path),
+                                            intra_op_threads=1, warmup_iters=0))
+        backend.load()
+        out.append(backend)
+    return out
+
+
+def onnx_action_effect(model_b, camera_b, scenes: dict) -> dict:
+    ids = model_b.tokenizer.encode("go to the red box")
+    history = np.zeros((model_b.spec.window_size - 1, model_b.spec.feature_dim), np.float32)
+    diffs = []
+    for rgb in scenes.values():
+        _, a_ref = model_b.infer(pil(rgb, "bicubic"), ids, history)
+        _, a_cam = camera_b.infer_raw(rgb, ids, history, "rgb")
+        diffs.append(np.abs(a_ref - a_cam))
     d = np.stack(diffs)
-    return {"policy": "tiny demo policy (trained), fp32 CPU", "frames": len(diffs),
-            "actions_max_abs": float(d.max()), "actions_mean_abs": float(d.mean()),
-            "feature_max_abs": float(np.max(feat_diffs))}
+    return {"filter": "bicubic", "path": "in-graph ONNX camera export vs model-size export fed "
+            "PIL", "frames": len(scenes), "through": "onnxruntime CPU",
+            "actions_max_abs": float(d.max()), "actions_mean_abs": float(d.mean())}
+
+
+# --- cost -------------------------------------------------------------------------------------
+
+def cost(torch, rgb: np.ndarray, iters: int, model_b, camera_b) -> dict:
+    import cv2
+
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    h, w = rgb.shape[:2]
+
+    def msg(encoding, pixels, pad=0):
+        rows = pixels.reshape(h, -1)
+        if pad:
+            rows = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1)
+        return SimpleNamespace(encoding=encoding, height=h, width=w, step=rows.shape[1],
+                               is_bigendian=0, data=bytearray(rows.tobytes()))
+
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    m_rgb, m_bgr = msg("rgb8", rgb), msg("bgr8", bgr)
+    jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    graph = FramePreprocess(SIZE, "bicubic", CLIP_MEAN, CLIP_STD)
+    frame_t = torch.from_numpy(rgb)[None]
+    ids = model_b.tokenizer.encode("go to the red box")
+    history = np.zeros((model_b.spec.window_size - 1, model_b.spec.feature_dim), np.float32)
+    model_in = pil(rgb, "bicubic")
+    cpu = {e: CpuResize(SIZE, "bicubic", engine=e) for e in ("torch", "pil")}
+    out = {
+        "decode_view rgb8 (zero copy)": timing(lambda: decode_view(m_rgb), iters),
+        "decode_view bgr8 (zero copy)": timing(lambda: decode_view(m_bgr), iters),
+        "decode_message bgr8 (old: full-frame cvtColor copy)": timing(
+            lambda: decode_message(m_bgr), iters),
+        "decode jpeg (cv2.imdecode, q90)": timing(lambda: decode_compressed("jpeg", jpeg), iters),
+        "resize bicubic: cpu torch uint8 kernel": timing(lambda: cpu["torch"](rgb), iters),
+        "resize bicubic: cpu torch uint8 kernel, bgr frame + swap": timing(
+            lambda: cpu["torch"](bgr, "bgr"), iters),
+        "resize bicubic: PIL": timing(lambda: cpu["pil"](rgb), iters),
+        "resize bicubic: exact tables (numpy)": timing(
+            lambda: pil_resize.resize_exact(rgb, SIZE, "bicubic"), max(iters // 5, 5)),
+        "resize bicubic: in-graph torch int32 (cpu)": timing(
+            lambda: graph.resize(frame_t), max(iters // 5, 5)),
+        "resize bilinear: cv2 INTER_AREA (no parity)": timing(
+            lambda: cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA), iters),
+        "onnx step (1 thread), model-size export, PIL input": timing(
+            lambda: model_b.infer(model_in, ids, history), iters),
+        "onnx step (1 thread), camera export (resize in the graph)": timing(
+            lambda: camera_b.infer_raw(rgb, ids, history, "rgb"), max(iters // 5, 5)),
+    }
+    return out
 
 
 def main(argv=None) -> int:
-    """Measure and print a Markdown table; write JSON with --json."""
+    """Measure and print Markdown tables; write JSON with --json."""
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--scenes", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="640x480 only, 4 scenes, 20 iterations")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"preprocess_parity: --device {args.device} but torch sees no CUDA device",
-              file=sys.stderr)
-        return 2
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    result = {"device": args.device, "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(),
-              "loadavg_start": list(os.getloadavg()), "resolutions": {}}
-    for width, height in ((640, 480), (1280, 720)):
-        named = frames(width, height)
-        rows = {}
-        for kind, keys in (("synthetic scenes", [k for k in named if k.startswith("scene_")]),
-                           ("uniform noise", ["noise"]), ("gradient, wrap edges",
-                                                          ["gradient_wrap"])):
-            d = np.concatenate([np.abs(to_model_input(named[k], SIZE).astype(np.int16)
-                                       - torch_resize(torch, named[k], args.device)
-                                       .astype(np.int16)).ravel() for k in keys])
-            rows[kind] = {"frames": len(keys), "max_levels": int(d.max()),
-                          "mean_levels": float(d.mean()), "differing_fraction": float(
-                              (d > 0).mean())}
-        rgb = named["scene_0"]
-        pinned = torch.from_numpy(rgb)
-        if args.device.startswith("cuda"):
-            pinned = pinned.pin_memory()
-        cost = {
-            "pil_cpu": timing(lambda rgb=rgb: to_model_input(rgb, SIZE), sync, args.iters),
-            f"torch_{args.device}_incl_upload": timing(
-                lambda p=pinned: resize_like_pil(p.to(args.device, non_blocking=True)[None],
-                                                 SIZE), sync, args.iters)}
-        result["resolutions"][f"{width}x{height}"] = {"diff": rows, "cost": cost}
-        if (width, height) == (640, 480):
-            result["actions"] = action_effect(torch, {k: v for k, v in named.items()
-                                                      if k.startswith("scene_")}, args.device)
+    if args.quick:
+        args.scenes, args.iters = 4, 20
+    torch.set_num_threads(1)
+    result = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus",
+              "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+              "command": "scripts/preprocess_parity.py " + " ".join(argv or sys.argv[1:]),
+              "torch": torch.__version__, "torch_threads": 1,
+              "loadavg_start": list(os.getloadavg()), "pixels": {}, "actions": []}
+    resolutions = ((640, 480),) if args.quick else ((640, 480), (1280, 720))
+    with tempfile.TemporaryDirectory(prefix="preprocess_parity_") as tmp:
+        work = Path(tmp)
+        for width, height in resolutions:
+            named = frames(width, height, args.scenes)
+            result["pixels"][f"{width}x{height}"] = pixel_table(torch, named, (height, width),
+                                                                work)
+            if (width, height) == (640, 480):
+                scenes = {k: v for k, v in named.items() if k.startswith("scene_")}
+                result["actions"] = action_effect(torch, scenes)
+                model_b, camera_b = onnx_backends(*export_pair(work, width, height))
+                result["actions"].append(onnx_action_effect(model_b, camera_b, scenes))
+                result["cost_640x480"] = cost(torch, named["scene_0"], args.iters, model_b,
+                                              camera_b)
     result["loadavg_end"] = list(os.getloadavg())
-    print(f"| resolution | frames | n | max diff (uint8 levels) | mean diff | pixels differing |"
-          f" (device {args.device}, torch {torch.__version__})")
-    print("|---|---|---|---|---|---|")
-    for res, r in result["resolutions"].items():
-        for kind, row in r["diff"].items():
-            print(f"| {res} | {kind} | {row['frames']} | {row['max_levels']} | "
-                  f"{row['mean_levels']:.4f} | {100 * row['differing_fraction']:.2f} % |")
-    print("\n| resolution | path | p50 ms | p99 ms |\n|---|---|---|---|")
-    for res, r in result["resolutions"].items():
-        for path, t in r["cost"].items():
-            print(f"| {res} | {path} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} |")
-    a = result["actions"]
-    print(f"\nactions ({a['policy']}, {a['frames']} scenes 640x480): max abs "
-          f"{a['actions_max_abs']:.2e}, mean abs {a['actions_mean_abs']:.2e}; feature max abs "
-          f"{a['feature_max_abs']:.2e}")
-    print(f"load average start {result['loadavg_start']} end {result['loadavg_end']}, "
-          f"torch threads {result['torch_threads']}")
+    for res, rows in result["pixels"].items():
+        print(f"\n### pixels vs PIL, {res} ({rows[0]['frames']} frames)\n")
+        print("| filter | path | max diff (uint8 levels) | pixels differing |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['filter']} | {r['path']} | {r['max_levels']} | "
+                  f"{100 * r['differing_fraction']:.3f} % |")
+    print("\n### effect on actions (demo policy, 640x480 scenes)\n")
+    print("| filter | path | through | max abs | mean abs |\n|---|---|---|---|---|")
+    for r in result["actions"]:
+        print(f"| {r['filter']} | {r['path']} | {r['through']} | {r['actions_max_abs']:.2e} | "
+              f"{r['actions_mean_abs']:.2e} |")
+    print("\n### cost at 640x480 (ms)\n\n| step | p50 | p99 |\n|---|---|---|")
+    for name, t in result["cost_640x480"].items():
+        print(f"| {name} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} |")
+    print(f"\nmachine {result['machine']}, {result['date_utc']} UTC, load average start "
+          f"{result['loadavg_start']} end {result['loadavg_end']}, torch {torch.__version__} "
+          "(1 thread)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

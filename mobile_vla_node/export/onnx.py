@@ -50,7 +50,7 @@ class EncoderGraph(nn.Module):
 
     Traced with a camera-size ``image`` (1, H, W, 3), the graph resizes it inside
     (`model.preprocessing.FramePreprocess`: the PIL tables of that size, int32 Gather/Mul/
-    ReduceSum/Div/Max/Min, bit-exact); ``swap_channels``: the camera's channel order differs
+    Add/Div/Max/Min, bit-exact); ``swap_channels``: the camera's channel order differs
     from the model's (a Gather of the 3 channels first).
     """
 
@@ -86,7 +86,7 @@ def camera_preprocess(policy, camera_size, camera_order: str, channel_order: str
             "image_pipeline": getattr(cfg, "image_pipeline", "package"),
             "image_size": cfg.image_size,
             "resize": "in the graph: PIL's tables for this size (core.resize), int32 Gather/Mul/"
-                      "ReduceSum/Div/Max/Min; equal to PIL bit for bit"}
+                      "Add/Div/Max/Min; equal to PIL bit for bit"}
 
 
 class StepGraph(nn.Module):

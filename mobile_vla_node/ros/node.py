@@ -32,7 +32,7 @@ from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
 from ..backends import BackendError, create_backend
-from ..core import gc_pauses
+from ..core import cdr, gc_pauses
 from ..core.commands import CommandFilter
 from ..core.config import PARAMETERS, ConfigError, NodeConfig
 from ..core.control import ChunkMeta, ControlLoop
@@ -111,7 +111,12 @@ class VlaNode(LifecycleNode):
         image_type, image_topic = ((CompressedImage, topics.compressed_image_topic)
                                    if topics.image_transport == "compressed"
                                    else (Image, topics.image_topic))
-        self._subscribe(image_type, image_topic, self._on_image, profile("camera"), True)
+        # Serialized frames (core.cdr): no Python message, no copy of the pixels in the executor.
+        self._image_type = image_type
+        self._parse_image = (cdr.parse_compressed_image if image_type is CompressedImage
+                             else cdr.parse_image)
+        self._subscribe(image_type, image_topic, self._on_image_raw, profile("camera"), True,
+                        raw=True)
         self._subscribe_input("command", String, topics.command_topic, self._on_command)
         self._subscribe_input("enable", Bool, topics.enable_topic, self._on_enable_msg)
         self.create_service(SetBool, "~/enable", self._on_enable_srv)
@@ -164,10 +169,11 @@ class VlaNode(LifecycleNode):
             return deliver
         return lambda msg: deliver(msg, None)
 
-    def _subscribe(self, msg_type, topic: str, callback, qos, report: bool):
+    def _subscribe(self, msg_type, topic: str, callback, qos, report: bool, raw: bool = False):
         """A subscription; its incompatible publishers go to diagnostics and one warning.
 
         Without ``report`` they are ignored quietly (rclpy would otherwise log each one).
+        ``raw``: the callback gets the serialized bytes.
         """
         resolved = []  # the subscription's full topic name, known once it exists
 
@@ -186,7 +192,8 @@ class VlaNode(LifecycleNode):
 
         sub = self.create_subscription(
             msg_type, topic, callback, qos,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible))
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible),
+            raw=raw)
         resolved.append(sub.topic_name)
         return sub
 
@@ -313,6 +320,16 @@ class VlaNode(LifecycleNode):
         return True
 
     # -- inputs (executor thread: validate, store, return) -----------------------------------
+    def _on_image_raw(self, raw: bytes) -> None:
+        """A serialized camera frame: its fields read in place (core.cdr)."""
+        try:
+            msg = self._parse_image(raw)
+        except cdr.CdrError:  # a layout core.cdr does not read: the ROS deserializer does
+            from rclpy.serialization import deserialize_message
+
+            msg = deserialize_message(raw, self._image_type)
+        self._on_image(msg)
+
     def _on_image(self, msg) -> None:
         stamp = _stamp_s(msg.header.stamp)
         with self._lock:
