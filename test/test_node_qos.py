@@ -226,7 +226,9 @@ def test_parameter_types_are_static(node_in_other_domain):
 
     # `ros2 param set /vla_node image_timeout_s 1` sends an INTEGER.
     result = client.set("image_timeout_s", T.INTEGER, 2)
-    if hasattr(__import__("rclpy.node").node.Node, "add_pre_set_parameters_callback"):
+    from rclpy.node import Node
+
+    if hasattr(Node, "add_pre_set_parameters_callback"):
         assert result.successful, result.reason  # converted to 2.0 (not on Humble: refused)
         assert client.get(["image_timeout_s"])["image_timeout_s"] == (T.DOUBLE.value, 2.0)
         # `ros2 param set /vla_node allowed_instructions "[]"` sends an empty bool array.

@@ -27,6 +27,7 @@ from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
@@ -51,8 +52,7 @@ try:  # Iron and newer
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 # Jazzy and newer pass rclpy's MessageInfo to a callback that takes two arguments; Humble never.
-CALLBACKS_GET_INFO = hasattr(__import__("rclpy.subscription").subscription.Subscription,
-                             "CallbackType")
+CALLBACKS_GET_INFO = hasattr(Subscription, "CallbackType")
 
 LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
 TIMING_LABELS = ("transport_ms", "preprocess_ms", "inference_ms", "end_to_end_ms")
