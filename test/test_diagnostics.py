@@ -219,8 +219,7 @@ def test_only_malformed_frames_report_the_bad_input():
 def test_incompatible_publishers_warn_on_inputs():
     stats = live_stats(image_hz=30.0)
     assert inputs(stats, control=MOVING).values["incompatible_publishers"] == ""
-    stats.counters["duplicate_inputs"] = 3
-    found = inputs(stats, control={**MOVING, "incompatible_qos": {
+    found = inputs(stats, control={**MOVING, "duplicate_inputs": 3, "incompatible_qos": {
         "/vla/command": (2, "RELIABILITY"), "/vla/enable": (1, "DURABILITY")}})
     assert found.level == WARN
     assert found.values["incompatible_publishers"] == ("/vla/command: 2 (RELIABILITY); "

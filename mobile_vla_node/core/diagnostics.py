@@ -123,7 +123,8 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
     incompatible = control.get("incompatible_qos") or {}
     values["incompatible_publishers"] = "; ".join(
         f"{topic}: {count} ({policy})" for topic, (count, policy) in sorted(incompatible.items()))
-    values["duplicate_inputs"] = str(c["duplicate_inputs"])
+    # Copies of a latching publisher's messages that both readers got (applied once).
+    values["duplicate_inputs"] = str(control.get("duplicate_inputs", 0))
     if control.get("fault") == "bad_image":
         level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
     elif c["frames_received"] == 0:

@@ -159,11 +159,8 @@ class VlaNode(LifecycleNode):
 
     def _gated(self, gate: InputGate, latched: bool, handler):
         def deliver(msg, info):
-            if gate.admit(latched, info):
+            if gate.admit(latched, info):  # executor thread only: no lock
                 handler(msg)
-            else:
-                with self._lock:
-                    self.stats.counters["duplicate_inputs"] += 1
 
         if CALLBACKS_GET_INFO:  # rclpy passes MessageInfo to a two-argument callback
             return deliver
@@ -506,6 +503,7 @@ class VlaNode(LifecycleNode):
                 "enabled": control.enabled if control else None,
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
                 "incompatible_qos": dict(self.incompatible_qos),
+                "duplicate_inputs": sum(g.duplicates for g in self.input_gates.values()),
             }
             if control is not None:
                 control_values.update(
