@@ -346,3 +346,15 @@ def test_cpu_resize_pil_engine_and_channel_swap(resize_filter):
     has_torch = importlib.util.find_spec("torch") is not None
     assert CpuResize(224, resize_filter).engine == ("torch" if resize_filter == "bicubic"
                                                     and has_torch else "pil")
+
+
+def test_decode_view_hands_a_compressed_frame_on_as_bgr():
+    rgb = _scene(64, 48)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    frame, order = decode_view(SimpleNamespace(format="png", data=png.tobytes()))
+    assert order == "bgr"
+    np.testing.assert_array_equal(frame[:, :, ::-1], rgb)
+    np.testing.assert_array_equal(CpuResize(32, "bicubic", engine="pil")(frame, order),
+                                  to_model_input(rgb, 32))
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_view(SimpleNamespace(format="jpeg", data=b"\x00" * 16))

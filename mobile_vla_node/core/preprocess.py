@@ -104,6 +104,13 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     """Decode ``CompressedImage`` bytes (jpeg/png, any format string naming them) to RGB."""
     import cv2
 
+    return cv2.cvtColor(decode_compressed_bgr(fmt, data), cv2.COLOR_BGR2RGB)
+
+
+def decode_compressed_bgr(fmt: str, data) -> np.ndarray:
+    """`decode_compressed` without the channel conversion: OpenCV's BGR frame."""
+    import cv2
+
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0 or buf.size > MAX_COMPRESSED_BYTES:
         raise ImageError(f"compressed image of {buf.size} bytes (limit {MAX_COMPRESSED_BYTES})")
@@ -112,7 +119,7 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
         raise ImageError(f"cannot decode compressed image (format {fmt!r}, {buf.size} bytes)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"compressed image too large: {img.shape[1]}x{img.shape[0]}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 PIL_FILTER_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -145,9 +152,20 @@ def decode_view(msg) -> tuple[np.ndarray, str]:
     """An Image/CompressedImage message -> (uint8 (H, W, 3) frame, its channel order).
 
     rgb8/bgr8/8UC3 frames are a view of ``msg.data`` (no copy); every other encoding is
-    converted to RGB. Failures are ImageError, as in `decode_message`.
+    converted to RGB. A compressed frame is decoded to OpenCV's BGR and handed on as "bgr" (the
+    swap then happens on the resized image, or in the graph). Failures are ImageError, as in
+    `decode_message`.
     """
-    if not hasattr(msg, "format") and msg.encoding.lower() in VIEW_ENCODINGS:
+    if hasattr(msg, "format"):
+        import cv2
+
+        try:
+            return decode_compressed_bgr(msg.format, msg.data), "bgr"
+        except (cv2.error, ValueError, TypeError) as exc:
+            if isinstance(exc, ImageError):
+                raise
+            raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+    if msg.encoding.lower() in VIEW_ENCODINGS:
         try:
             return view_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         except (ValueError, TypeError) as exc:
