@@ -155,9 +155,12 @@ def build_sequence(layout: str, *, embed, image_embeds, text_ids, action, prefix
     start = padding_idx + 1
     device = text_ids.device
     if layout == KOSMOS:
-        # Attended positions only: image tokens where the prompt had ids, then the prompt's tail.
-        embeds = torch.cat([image_embeds[:, :n], embed(text_ids[:, latent:]).to(dtype), act],
-                           dim=1)
+        # Attended positions only: image tokens where the prompt had ids, then the prompt's tail
+        # (written as a selection, so no graph holds a zero-length tensor for short prompts).
+        words = embed(text_ids).to(dtype)
+        stacked = torch.cat([image_embeds, words], dim=1)[:, :n]       # image token i, i < latent
+        is_image = (torch.arange(n, device=device) < latent).view(1, -1, 1)
+        embeds = torch.cat([torch.where(is_image, stacked, words), act], dim=1)
         prompt_pos = torch.arange(n, device=device) + start
         action_pos = torch.full((1,), padded_length(max_text_len, latent) + start,
                                 dtype=torch.long, device=device)
