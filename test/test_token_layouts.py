@@ -21,7 +21,7 @@ from team_fixtures import (
     write_json,
 )
 
-from mobile_vla_node.backends.base import ModelSpec
+from mobile_vla_node.backends.base import BackendError, ModelSpec
 from mobile_vla_node.core.config import ActionConfig
 from mobile_vla_node.core.runtime import PolicyRuntime
 from mobile_vla_node.model import token_layouts as tl
@@ -287,6 +287,10 @@ def test_every_layout_exports_to_onnx_with_parity(tmp_path, team_files, layout):
     backend = OnnxBackend(BackendConfig(backend="onnx", model_path=str(out), warmup_iters=0))
     backend.load()
     assert backend.spec.token_layout == layout
+    other = tl.KOSMOS if layout != tl.KOSMOS else tl.PACKAGE
+    with pytest.raises(BackendError, match=f"exported with the '{layout}' layout"):
+        OnnxBackend(BackendConfig(backend="onnx", model_path=str(out), warmup_iters=0,
+                                  token_layout=other)).load()
     torch_backend = _Backend(load_policy(team_source(ckpt, model_config=str(cfg),
                                                      token_layout=layout)))
     image = RNG.integers(0, 256, (224, 224, 3), dtype=np.uint8)
