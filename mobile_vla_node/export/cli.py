@@ -81,6 +81,9 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
                         help="the team's JSON training config (window, chunk, head, image "
                              "normalization, action scale); see `vla_checkpoint inspect`")
     add_layout_arguments(parser)
+    from .checkpoint_cli import add_image_arguments
+
+    add_image_arguments(parser)
 
 
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
@@ -223,20 +226,33 @@ def _source(args) -> tuple[str, str]:
     return preset, checkpoint
 
 
+def image_params(args) -> dict:
+    """The image pipeline node parameters given on the command line (`add_image_arguments`)."""
+    return {"image_pipeline": getattr(args, "image_pipeline", "auto"),
+            "resize_filter": getattr(args, "resize_filter", ""),
+            "image_size": int(getattr(args, "image_size", 0) or 0),
+            "image_mean": list(getattr(args, "image_mean", ()) or ()),
+            "image_std": list(getattr(args, "image_std", ()) or ())}
+
+
 def load_reference(preset: str, checkpoint: str, backbone_path: str, model_config: str = "",
-                   token_layout: str = "auto", tokenizer_path: str = ""):
-    """The PyTorch reference backend (fp32, CPU) for a preset or checkpoint."""
+                   token_layout: str = "auto", tokenizer_path: str = "",
+                   image: dict | None = None):
+    """The PyTorch reference backend (fp32, CPU) for a preset or checkpoint.
+
+    ``image``: image pipeline parameters (`image_params`); default auto.
+    """
     from ..backends.base import BackendError
     from ..backends.torch_backend import TorchBackend
     from ..core.config import BackendConfig
     from ..model.checkpoint import CheckpointError
 
-    cfg = BackendConfig(backend="torch", model_preset=preset, model_path=checkpoint,
-                        backbone_path=backbone_path, model_config=model_config,
-                        token_layout=token_layout, tokenizer_path=tokenizer_path,
-                        device="cpu", precision="fp32", warmup_iters=0)
-    backend = TorchBackend(cfg)
     try:
+        cfg = BackendConfig(backend="torch", model_preset=preset, model_path=checkpoint,
+                            backbone_path=backbone_path, model_config=model_config,
+                            token_layout=token_layout, tokenizer_path=tokenizer_path,
+                            device="cpu", precision="fp32", warmup_iters=0, **(image or {}))
+        backend = TorchBackend(cfg)
         backend.load()
     except (CheckpointError, BackendError, ValueError, FileNotFoundError) as exc:
         raise CliError(f"cannot load the policy: {exc}") from exc
@@ -316,7 +332,7 @@ def cmd_onnx(args) -> int:
         reference = load_reference(preset, checkpoint, args.backbone_path,
                                    getattr(args, "model_config", ""),
                                    getattr(args, "token_layout", "auto"),
-                                   getattr(args, "tokenizer_path", ""))
+                                   getattr(args, "tokenizer_path", ""), image_params(args))
     policy = reference.model
     progress.line(f"weights: {reference.info.model}")
     step_path = out.with_name(step_file_name(out))
@@ -452,7 +468,7 @@ def cmd_verify(args) -> int:
         reference = load_reference(preset, checkpoint, args.backbone_path,
                                    getattr(args, "model_config", ""),
                                    getattr(args, "token_layout", "auto"),
-                                   getattr(args, "tokenizer_path", ""))
+                                   getattr(args, "tokenizer_path", ""), image_params(args))
     exported = model_spec_from_metadata(meta)
     if exported != reference.spec:
         diff = {k: (v, getattr(reference.spec, k)) for k, v in asdict(exported).items()

@@ -293,9 +293,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint file or model folder")
     parser.add_argument("--backbone-path", default="", help="local Kosmos-2 folder")
     parser.add_argument("--model-config", default="", help="the team's JSON training config")
+    from .checkpoint_cli import add_image_arguments
     from .cli import add_camera_arguments, add_layout_arguments
 
     add_layout_arguments(parser)
+    add_image_arguments(parser)
     add_camera_arguments(parser)
     parser.add_argument("--output", required=True, help="model repository folder (created)")
     parser.add_argument("--name", default=DEFAULT_NAME,
@@ -331,7 +333,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, EXIT_PARITY, CliError, Progress, _metadata, _source, load_reference
+    from .cli import (
+        EXIT_OK,
+        EXIT_PARITY,
+        CliError,
+        Progress,
+        _metadata,
+        _source,
+        image_params,
+        load_reference,
+    )
     from .onnx import camera_preprocess, max_text_len, save_model, set_metadata, weight_bytes
 
     if args.max_batch < 0 or args.instances < 1:
@@ -355,7 +366,7 @@ def _run(args: argparse.Namespace) -> int:
         reference = load_reference(preset, checkpoint, args.backbone_path,
                                    getattr(args, "model_config", ""),
                                    getattr(args, "token_layout", "auto"),
-                                   getattr(args, "tokenizer_path", ""))
+                                   getattr(args, "tokenizer_path", ""), image_params(args))
     policy, spec = reference.model, reference.spec
     ids = reference.tokenizer.encode("go to the red box")
     with tempfile.TemporaryDirectory(prefix="vla_triton_") as tmp:
