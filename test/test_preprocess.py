@@ -358,3 +358,11 @@ def test_decode_view_hands_a_compressed_frame_on_as_bgr():
                                   to_model_input(rgb, 32))
     with pytest.raises(ImageError, match="cannot decode"):
         decode_view(SimpleNamespace(format="jpeg", data=b"\x00" * 16))
+
+
+def test_an_rclpy_image_message_is_viewed_not_copied():
+    msgs = pytest.importorskip("sensor_msgs.msg")
+    msg = msgs.Image(height=2, width=3, encoding="bgr8", step=9, data=bytes(range(18)))
+    frame, order = decode_view(msg)
+    assert order == "bgr" and frame.flags.writeable   # rclpy's uint8[] is an array.array
+    assert np.shares_memory(frame, np.frombuffer(msg.data, np.uint8))
