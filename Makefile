@@ -59,6 +59,13 @@ demo: $(STAMP)
 triton-demo: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m mobile_vla_node.demo.triton_demo --duration 10 --outage 3
 
+# Closed loop in MuJoCo (docs/SIM.md): the node drives the simulated robot on the `demo` suite
+# with the sim policy, random weights and the zero policy; success per instruction, a top-down
+# plot and an onboard-camera GIF under build/sim-demo/. Needs Python >= 3.11 and Mesa EGL.
+.PHONY: sim-demo
+sim-demo: $(STAMP)
+	$(BIN)/vla_sim demo --out build/sim-demo
+
 test: $(STAMP) $(TRITON_STAMP) $(JAZZY_STAMP)
 	$(BIN)/python -m pytest -q test
 	$(MAKE) --no-print-directory test-jazzy

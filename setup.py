@@ -10,7 +10,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={f"{PACKAGE}.model": ["demo_policy/*"]},
+    package_data={f"{PACKAGE}.model": ["demo_policy/*", "sim_policy/*"],
+                  f"{PACKAGE}.sim": ["scenes/*.xml", "suites/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -34,6 +35,7 @@ setup(
             f"vla_replay = {PACKAGE}.replay.cli:main",
             f"vla_bench = {PACKAGE}.bench.cli:main",
             f"vla_stress = {PACKAGE}.stress.cli:main",
+            f"vla_sim = {PACKAGE}.sim.cli:main",
         ],
     },
 )

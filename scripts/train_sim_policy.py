@@ -11,7 +11,9 @@ sees off-path states and how to recover. Each success lingers 1.5 s (labels: sta
 Frames at the camera rate (10 fps, 320x240, resized to 224 as the node does); windows of
 1..window_size consecutive frames end at each frame, the runtime's layout (`encode_frame` per
 frame, `decode` from a zero state), as in ``scripts/train_demo_policy.py``, whose model builder,
-batching and optimizer recipe this reuses. It starts from the demo policy's weights (it already
+batching and optimizer recipe this reuses (the frozen ViT's outputs are computed once per frame
+and cached, normal and mirrored, so each step trains the resampler, text model and head only).
+It starts from the demo policy's weights (it already
 reads "go to the X box" on coloured boxes), keeps the ViT frozen, and mirrors half the batches
 (image flipped, linear_y and angular_z negated). Optional DAgger rounds (--dagger) run the
 policy in the sim and label the states it visits with the expert.
@@ -67,6 +69,7 @@ class Data:
     def __init__(self, config, tokenizer: PromptTokenizer, rng: np.random.Generator):
         self.config, self.tokenizer, self.rng = config, tokenizer, rng
         self.frames: list = []
+        self.vision: list = []
         self.targets: list = []
         self.prompts: dict = {}
         self.buckets: dict = {}
@@ -86,9 +89,12 @@ class Data:
             key = (len(ids), length, length)
             self.buckets.setdefault(key, []).append((index, base + j - length + 1, instruction))
 
-    def tensors(self) -> dict:
-        """The dict `train_demo_policy.batches` and `predict` read."""
-        return {"frames": torch.from_numpy(np.stack(self.frames)),
+    def tensors(self, model) -> dict:
+        """The dict `train_demo_policy.batches` and `predict` read (ViT outputs cached)."""
+        new = self.frames[len(self.vision):]
+        if new:
+            self.vision += list(vision_cache(model, new).unbind(0))
+        return {"vision": torch.stack(self.vision),
                 "targets": torch.from_numpy(np.stack(self.targets)),
                 "prompts": {k: torch.from_numpy(v) for k, v in self.prompts.items()},
                 "buckets": self.buckets}
@@ -162,16 +168,40 @@ def collect_dagger(world: World, episodes: list, data: Data, model, tokenizer, c
     return stats
 
 
+@torch.no_grad()
+def vision_cache(model, frames: list, batch: int = 64) -> torch.Tensor:
+    """The frozen ViT's normalized patch embeddings of each frame and of its mirror image.
+
+    The vision tower does not train, so its output (post-layernorm, L2-normalized: the input of
+    the trainable image-to-text resampler, `MobileVLAPolicy.image_embeds`) is computed once:
+    (N, 2, patches + 1, width), index 1 = the frame flipped left-right.
+    """
+    out = []
+    for k in range(0, len(frames), batch):
+        images = torch.from_numpy(np.stack(frames[k:k + batch]))
+        pair = []
+        for imgs in (images, images.flip(2)):
+            vision = model.backbone.vision_model(pixel_values=model.normalize_image(imgs))[0]
+            embeds = model.backbone.vision_model.model.post_layernorm(vision)
+            pair.append(torch.nn.functional.normalize(embeds, dim=-1))
+        out.append(torch.stack(pair, dim=1))
+    return torch.cat(out)
+
+
 def predict(model, data: dict, length: int, distinct: int, items: list, mirror: bool = False):
-    """`train_demo_policy.predict` for sim data: a mirror also negates linear_y."""
-    images = torch.cat([data["frames"][start:start + distinct] for _, start, _ in items])
+    """`train_demo_policy.predict` on cached ViT outputs; a mirror also negates linear_y."""
+    rows = torch.cat([torch.arange(start, start + distinct) for _, start, _ in items])
+    normed = data["vision"][rows, int(mirror)]
     targets = data["targets"][[i for i, _, _ in items]]
     if mirror:
-        images = images.flip(2)
         targets = targets * torch.tensor([1.0, -1.0, -1.0])
     ids = torch.stack([data["prompts"][instruction] for _, _, instruction in items])
-    features = model.encode_frame(images, ids.repeat_interleave(distinct, dim=0))
-    features = features.view(len(items), distinct, -1)
+    image_embeds = model.backbone.image_to_text_projection(normed)[0]
+    embeds, mask, positions = model.text_sequence(image_embeds,
+                                                  ids.repeat_interleave(distinct, dim=0))
+    hidden = model.backbone.text_model.model(inputs_embeds=embeds, attention_mask=mask,
+                                             position_ids=positions).last_hidden_state
+    features = hidden[:, -1].view(len(items), distinct, -1)
     if distinct == 1:
         features = features.expand(-1, length, -1)
     actions, _, _ = model.decode(features, *model.zero_state(len(items)))
@@ -216,12 +246,13 @@ def train(model, data: dict, steps: int, lr: float, batch_size: int, seed: int,
     return log
 
 
-def evaluate(world: World, model, tokenizer, config, suite_name: str = "demo") -> dict:
+def evaluate(world: World, model, tokenizer, config, episodes: int = 0,
+             suite_name: str = "demo") -> dict:
     """In-process closed loop on a suite (no node): success per instruction."""
     step, reset = policy_step(model, tokenizer, config)
     suite = suites.load(suite_name)
     per: dict = {}
-    for ep in suite.episodes:
+    for ep in suite.episodes[:episodes or None]:
         reset(ep.instruction)
         r = run_policy(world, suite_name, ep, step, CONTROL_DT, CAMERA_DT)
         per.setdefault(ep.instruction, []).append(r.outcome)
@@ -244,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--eval-episodes", type=int, default=6,
+                        help="in-process check on the first N demo-suite episodes (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -266,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                                  tdp.TRAIN_SEED_OFFSET + args.seed)
     collected = [collect_expert(world, episodes[:args.episodes], data, rng)]
     print(f"expert data: {collected[0]} in {time.perf_counter() - t0:.0f} s", flush=True)
+    # (the frozen ViT's outputs are cached once per frame: `vision_cache`)
 
     from safetensors.torch import load_file
 
@@ -282,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"DAgger round {round_}: {stats} in {time.perf_counter() - t0:.0f} s",
                   flush=True)
         t_fit = time.perf_counter()
-        logs.append(train(model, data.tensors(), args.steps, args.lr, args.batch_size,
+        logs.append(train(model, data.tensors(model), args.steps, args.lr, args.batch_size,
                           args.seed + round_, args.log_every, t0))
         fits.append(round(time.perf_counter() - t_fit, 1))
 
@@ -298,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.tokenizer.save(str(args.out / "tokenizer.json"))
 
     print("closed-loop check in-process on the demo suite ...", flush=True)
-    check = evaluate(world, model, tokenizer, config)
+    check = evaluate(world, model, tokenizer, config, args.eval_episodes)
     metrics = {
         "description": "sim policy: tiny preset fine-tuned from the demo policy on MuJoCo renders "
                        "of the scripted expert (noise injection + DAgger); in-process closed-loop "

@@ -92,6 +92,8 @@ LAYERS = {
     "test_runtime.py": ("unit",),
     "test_runtime_imports.py": ("unit",),  # a plain Python child process, no DDS
     "test_safety.py": ("unit",),
+    "test_sim.py": ("slow",),  # MuJoCo renders (EGL), tens of seconds; no DDS
+    "test_sim_node.py": ("ros", "slow"),  # the node drives the sim over DDS
     "test_stress.py": ("unit",),
     "test_stress.py::test_smoke_command_100hz_null_backend": ("ros", "slow"),
     "test_stress.py::test_smoke_soak_null_backend": ("ros", "slow"),

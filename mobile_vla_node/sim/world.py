@@ -67,8 +67,12 @@ def import_mujoco(gl: str | None = None):
     try:
         import mujoco
     except ImportError as exc:
-        raise SimError("vla_sim needs the mujoco package (Python >= 3.11): "
-                       ".venv/bin/pip install mujoco==4.0.1 (it is in requirements.txt)") from exc
+        if exc.name == "mujoco":
+            raise SimError("vla_sim needs the mujoco package (Python >= 3.11): .venv/bin/pip "
+                           "install mujoco==4.0.1 (it is in requirements.txt)") from exc
+        raise SimError(EGL_HELP.format(gl=os.environ.get("MUJOCO_GL"), err=exc)) from exc
+    except Exception as exc:  # PyOpenGL raises plain errors when the GL library is missing
+        raise SimError(EGL_HELP.format(gl=os.environ.get("MUJOCO_GL"), err=exc)) from exc
     return mujoco
 
 
