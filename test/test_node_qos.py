@@ -120,6 +120,8 @@ def test_incompatible_publisher_shows_in_diagnostics(latched_then_node):
         assert "/vla/enable" not in values_of(probe, "inputs")["incompatible_publishers"]
     finally:
         stop_process(publisher)
+    # Gone from the graph, gone from diagnostics (DDS itself never reports a writer leaving).
+    wait_value(probe, "inputs", "incompatible_publishers", "")
 
 
 # -- parameters over the real services -----------------------------------------------------

@@ -107,6 +107,8 @@ class VlaNode(LifecycleNode):
         self.timing_pub = self.create_publisher(Float64MultiArray, topics.timing_topic,
                                                 profile("timing"))
         self.incompatible_qos: dict = {}  # topic -> (publishers, last policy name)
+        self._incompatible_seen: set = set()  # topics whose incompatible writer the graph showed
+        self._reader_qos: dict = {}  # topic -> the QoS of the reader that reports it
         self.input_gates: dict = {}
         image_type, image_topic = ((CompressedImage, topics.compressed_image_topic)
                                    if topics.image_transport == "compressed"
@@ -192,7 +194,33 @@ class VlaNode(LifecycleNode):
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible),
             raw=raw)
         resolved.append(sub.topic_name)
+        if report:
+            self._reader_qos[sub.topic_name] = qos
         return sub
+
+    def _refresh_incompatible(self) -> None:
+        """Count the incompatible publishers still in the graph; forget a topic's once they left.
+
+        DDS reports an incompatible writer when it appears, never when it goes. A topic is
+        forgotten only after the graph has shown its incompatible writer once (the event can
+        come before the graph knows the writer).
+        """
+        from rclpy.qos import QoSCompatibility, qos_check_compatible
+
+        with self._lock:
+            topics = list(self.incompatible_qos)
+        for topic in topics:
+            qos = self._reader_qos[topic]
+            count = sum(1 for pub in self.get_publishers_info_by_topic(topic)
+                        if qos_check_compatible(pub.qos_profile, qos)[0] ==
+                        QoSCompatibility.ERROR)
+            with self._lock:
+                if count:
+                    self._incompatible_seen.add(topic)
+                    self.incompatible_qos[topic] = (count, self.incompatible_qos[topic][1])
+                elif topic in self._incompatible_seen:
+                    self._incompatible_seen.discard(topic)
+                    del self.incompatible_qos[topic]
 
     # -- clock -------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -483,6 +511,7 @@ class VlaNode(LifecycleNode):
     # -- diagnostics -------------------------------------------------------------------------
     def _on_diagnostics(self) -> None:
         cfg = self.config
+        self._refresh_incompatible()
         with self._lock:
             backend, control, last = self.backend, self.control, self._last_result
             info = backend.describe() if backend is not None else None
