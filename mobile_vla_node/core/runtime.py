@@ -54,6 +54,9 @@ class PolicyRuntime:
         # model-size graphs: the frame is resized here, on the CPU (backends that take the
         # camera frame, preprocesses_on_device, resize inside their graph)
         self.resizer = CpuResize(self.spec.image_size, self.resize_filter, self.channel_order)
+        info = getattr(backend, "info", None)
+        if info is not None and not getattr(backend, "preprocesses_on_device", False):
+            info.extra["cpu_resize"] = self.resizer.describe()   # shown in /diagnostics
         self.max_command_chars = max_command_chars
         self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
         self.action_mode = getattr(action, "action_mode", "chunk")
