@@ -139,7 +139,8 @@ def cmd_expert(args) -> int:
     return 0 if rate >= args.min_success else 1
 
 
-def _run_policies(args, names: list, suite, episodes, cfg, gif: bool = False) -> dict:
+def _run_policies(args, names: list, suite, episodes, cfg, gif: bool = False,
+                  baseline_episodes: int = 0) -> dict:
     from .runner import policy, run_suite
 
     by_policy = {}
@@ -147,6 +148,8 @@ def _run_policies(args, names: list, suite, episodes, cfg, gif: bool = False) ->
     frames: list = []
     for name in names:
         pol = policy(name, args.backend, workdir)
+        if name in ("random", "zero") and baseline_episodes:
+            episodes = _spread(episodes, baseline_episodes)
         print(f"--- {pol.label}: {len(episodes)} episodes of {suite.name} "
               f"({'lockstep' if cfg.lockstep else 'free-running'}, rtf <= "
               f"{cfg.real_time_factor:g})", flush=True)
@@ -156,6 +159,20 @@ def _run_policies(args, names: list, suite, episodes, cfg, gif: bool = False) ->
                                          episodes, frames=keep)
     by_policy["_frames"] = frames
     return by_policy
+
+
+def _spread(episodes: list, n: int) -> list:
+    """``n`` episodes taking each instruction in turn (the suite's order within one)."""
+    groups: dict = {}
+    for ep in episodes:
+        groups.setdefault(ep.instruction, []).append(ep)
+    out, k = [], 0
+    while len(out) < min(n, len(episodes)):
+        for eps in groups.values():
+            if k < len(eps) and len(out) < n:
+                out.append(eps[k])
+        k += 1
+    return out
 
 
 def _replace(cfg, **kw):
@@ -210,7 +227,8 @@ def cmd_demo(args) -> int:
     suite, episodes = _suite(args)
     cfg = _config(args)
     t0 = time.monotonic()
-    by_policy = _run_policies(args, ["sim", "random", "zero"], suite, episodes, cfg, gif=True)
+    by_policy = _run_policies(args, ["sim", "random", "zero"], suite, episodes, cfg, gif=True,
+                              baseline_episodes=args.baseline_episodes)
     _write_run(args, suite, by_policy, cfg, "sim_demo")
     print(f"\nsim-demo took {time.monotonic() - t0:.0f} s (wall)")
     sim = by_policy["sim"]
@@ -360,6 +378,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--policy", default="sim", help="sim, demo, random, zero or a path")
             s.add_argument("--gif", action="store_true", help="write an onboard-camera GIF")
+        else:
+            s.add_argument("--baseline-episodes", type=int, default=6,
+                           help="episodes of the random and zero baselines, spread over the "
+                                "instructions (0: all; they mostly run to the time limit)")
         s.add_argument("--dropout", type=_pair, help="START,DURATION s without camera frames")
         s.add_argument("--estop", type=_pair, help="START,DURATION s of e-stop")
         s.add_argument("--min-success", type=float, default=0.0,
