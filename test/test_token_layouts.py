@@ -352,3 +352,23 @@ def test_team_layout_export_feeds_the_tensorrt_builder_and_the_triton_repo(tmp_p
     with pytest.raises(tm.ManifestError, match="256"):
         trt_build.build_engines(trt_build.BuildOptions(onnx=out, output=None, max_text_len=300),
                                 log=lambda line: None)
+
+
+def test_nine_class_heads_get_their_servers_default_table():
+    """minuum/vla Mobile_VLA/inference_server.py (02b4c38) class_map: every component 1.15."""
+    from mobile_vla_node.model.training_config import (
+        default_class_velocities,
+        read_training_config,
+    )
+
+    table = default_class_velocities(9)
+    assert [row[:2] for row in table] == [[0, 0], [1.15, 0], [-1.15, 0], [0, 1.15], [0, -1.15],
+                                          [1.15, 1.15], [1.15, -1.15], [-1.15, 1.15],
+                                          [-1.15, -1.15]]
+    data = training_json("MobileVLAClassificationDecoder", action_dim=9)
+    data["act_head"]["num_classes"] = 9
+    assert read_training_config(data).overrides["class_velocities"] == table
+    data["class_map"] = {"1": [0.5, 0.0]}        # the key their server reads
+    facts = read_training_config(data)
+    assert facts.overrides["class_velocities"][1] == [0.5, 0.0, 0.0]
+    assert facts.notes["class_velocities"].endswith("class_map")

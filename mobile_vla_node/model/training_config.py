@@ -60,8 +60,18 @@ DIAGONAL = 0.707
 TURN_RATE = 0.5
 
 
-def default_class_velocities(num_classes: int, speed: float = DEFAULT_SPEED) -> list | None:
-    """Their inference server's class -> [vx, vy, wz] table (6 or 8 classes), else None."""
+def default_class_velocities(num_classes: int, speed: float = DEFAULT_SPEED,
+                             diagonal: float | None = None) -> list | None:
+    """Their inference server's class -> [vx, vy, wz] table (6, 8 or 9 classes), else None.
+
+    9 classes: minuum/vla Mobile_VLA/inference_server.py (02b4c38) ``class_map`` default --
+    stop, forward, backward, left, right, forward-left, forward-right, backward-left,
+    backward-right, every component +-1.15 (diagonals too; ``diagonal`` overrides them).
+    """
+    if num_classes == 9:
+        s, d = speed, speed if diagonal is None else diagonal
+        return [[0.0, 0.0, 0.0], [s, 0.0, 0.0], [-s, 0.0, 0.0], [0.0, s, 0.0], [0.0, -s, 0.0],
+                [d, d, 0.0], [d, -d, 0.0], [-d, d, 0.0], [-d, -d, 0.0]]
     d = round(speed * DIAGONAL, 6)
     table = [[0.0, 0.0, 0.0], [speed, 0.0, 0.0], [0.0, speed, 0.0], [0.0, -speed, 0.0],
              [d, d, 0.0], [d, -d, 0.0], [0.0, 0.0, TURN_RATE], [0.0, 0.0, -TURN_RATE]]
@@ -70,7 +80,9 @@ def default_class_velocities(num_classes: int, speed: float = DEFAULT_SPEED) -> 
 
 CLASS_NAMES = {6: ["stop", "forward", "left", "right", "forward-left", "forward-right"],
                8: ["stop", "forward", "left", "right", "forward-left", "forward-right",
-                   "turn-left", "turn-right"]}
+                   "turn-left", "turn-right"],
+               9: ["stop", "forward", "backward", "left", "right", "forward-left",
+                   "forward-right", "backward-left", "backward-right"]}
 
 
 @dataclass
@@ -211,17 +223,22 @@ def _check_structure(data: dict, head: dict, facts: TrainingFacts) -> None:
 
 def _class_table(data: dict, classes: int, facts: TrainingFacts) -> None:
     speed = float(data.get("classification_speed", DEFAULT_SPEED))
-    table = default_class_velocities(classes, speed)
+    diagonal = data.get("classification_diagonal_speed")
+    table = default_class_velocities(classes, speed,
+                                     None if diagonal is None else float(diagonal))
     where = (f"their inference server's {classes}-class table, speed {speed}"
              + ("" if "classification_speed" in data else " (default)"))
-    user = data.get("classification_action_map") or {}
+    # their server (02b4c38) reads "class_map" ({class: [vx, vy]}); later ones
+    # "classification_action_map"
+    user = data.get("classification_action_map") or data.get("class_map") or {}
     if user:
         table = table or [[0.0, 0.0, 0.0] for _ in range(classes)]
         for key, value in user.items():
             if str(key).isdigit() and int(key) < classes and len(value) >= 2:
                 table[int(key)] = [float(value[0]), float(value[1]),
                                    float(value[2]) if len(value) > 2 else 0.0]
-        where += ", classification_action_map"
+        where += (", classification_action_map" if data.get("classification_action_map")
+                  else ", class_map")
     if table is None:
         facts.assumed.append(f"no velocity table for {classes} classes: set class_velocities "
                              "(x,y,yaw per class) or classification_action_map")
