@@ -180,7 +180,7 @@ def test_cpu_fast_path_moves_actions_by_at_most_1e_3(demo_policies, resize_filte
     """The CPU path (torch's uint8 kernel, within 1 level of PIL): action effect per filter."""
     loaded = demo_policies[resize_filter]
     model, tok = loaded.model, loaded.tokenizer
-    fast = CpuResize(224, resize_filter)
+    fast = CpuResize(224, resize_filter, engine="fast")
     assert fast.engine == "torch"
     ids = torch.from_numpy(tok.encode("go to the red box"))[None]
     window = loaded.config.window_size

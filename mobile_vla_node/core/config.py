@@ -92,6 +92,11 @@ class BackendConfig:
                                  "values)", items="float")
     image_std: list = param([], "image_pipeline custom: per-channel std after /255 (3 values)",
                             items="float")
+    cpu_resize: str = param("auto", "resize of the camera frame on the CPU (graphs that take "
+                                    "model-size images): auto (torch's uint8 kernel where it "
+                                    "stays within 1 level of PIL: bilinear; else PIL), exact "
+                                    "(PIL), fast (torch's kernel for bicubic too: ~5x faster, "
+                                    "up to 2 levels off)", choices=("auto", "exact", "fast"))
     device: str = param("cpu", "cpu, cuda or cuda:N")
     precision: str = param("fp32", "torch weight precision", choices=PRECISIONS)
     strict_loading: bool = param(True, "fail on missing/unexpected checkpoint keys")

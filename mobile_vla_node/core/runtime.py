@@ -53,7 +53,9 @@ class PolicyRuntime:
         self.resize_filter = getattr(self.spec, "resize_filter", "bicubic")
         # model-size graphs: the frame is resized here, on the CPU (backends that take the
         # camera frame, preprocesses_on_device, resize inside their graph)
-        self.resizer = CpuResize(self.spec.image_size, self.resize_filter, self.channel_order)
+        engine = getattr(getattr(backend, "config", None), "cpu_resize", "auto")
+        self.resizer = CpuResize(self.spec.image_size, self.resize_filter, self.channel_order,
+                                 engine if isinstance(engine, str) else "auto")
         info = getattr(backend, "info", None)
         if info is not None and not getattr(backend, "preprocesses_on_device", False):
             info.extra["cpu_resize"] = self.resizer.describe()   # shown in /diagnostics
