@@ -36,6 +36,10 @@ OVERRIDES = (
     ("model_path", "checkpoint/folder (torch), .onnx (onnx) or .engine (tensorrt)"),
     ("model_config", "the team's JSON training config beside a RoboVLMs checkpoint"),
     ("backbone_path", "local Kosmos-2 folder (weights + tokenizer)"),
+    ("tokenizer_path", "the Kosmos-2 tokenizer (tokenizer.json or folder) for the team's "
+                       "checkpoints"),
+    ("token_layout", "auto, robovlms_kosmos, robovlms_patched or package"),
+    ("action_mode", "chunk (chunk playback) or server (their inference server's chunk[0])"),
     ("device", "cpu, cuda or cuda:N"),
     ("image_topic", "sensor_msgs/Image camera topic"),
     ("compressed_image_topic", "sensor_msgs/CompressedImage camera topic"),
