@@ -196,3 +196,14 @@ def test_in_graph_preprocess_normalizes_and_swaps_channels():
     torch.testing.assert_close(module(bgr, swap_channels=True)[0], ref)
     with pytest.raises(ValueError, match="uint8"):
         module(torch.zeros(1, 4, 4, 3))
+
+
+def test_exact_tables_equal_pil_on_random_sizes():
+    """Up- and downscaling, portrait and landscape: Pillow's pass order is probed per size."""
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(1, 700, 2))
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for resize_filter in pil_resize.RESIZE_FILTERS:
+            np.testing.assert_array_equal(pil_resize.resize_exact(rgb, 224, resize_filter),
+                                          pil(rgb, 224, resize_filter), err_msg=f"{w}x{h}")
