@@ -79,7 +79,9 @@ class TorchBackend(InferenceBackend):
             provider=f"torch {torch.__version__}", model=loaded.weights, warnings=warnings,
             extra={"parameters": sum(p.numel() for p in self.model.parameters()),
                    "compiled": cfg.torch_compile, "cuda_graph": graph_state,
-                   "preprocess": preprocess})
+                   "preprocess": preprocess,
+                   "image_pipeline": f"{getattr(pc, 'image_pipeline', 'package')}: "
+                                     f"{pc.resize_filter}, {pc.image_norm}"})
 
     def _setup_device_preprocess(self, cfg, warnings: list) -> str:
         """Decide whether `infer_raw` resizes on the device; return the diagnostics text."""
