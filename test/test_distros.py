@@ -105,11 +105,17 @@ def test_loopback_env_applies_to_this_process(monkeypatch):
 
 
 def test_this_test_session_has_only_the_variables_of_its_distribution():
-    """test/conftest.py applied dds_env: children of any test inherit no deprecated variable."""
+    """test/conftest.py applied dds_env: children of any test inherit no deprecated variable.
+    (The profile file is the shipped one unless the user set one, even empty, for the run.)"""
     assert dds_part(dict(os.environ)) == dds_part(dds_env())
     used = dds_profile_in_use()
-    assert used["variable"] == profile_variable() and used["file"] is not None
-    assert Path(used["file"]).resolve() == PROFILE.resolve()
+    assert used["variable"] == profile_variable() and used["variable"] in os.environ
+    assert sum(v in os.environ for v in PROFILE_VARS) == 1
+    assert sum(v in os.environ for v in (LOCALHOST_ONLY, DISCOVERY_RANGE)) == 1
+
+
+def test_the_shipped_profile_is_found_in_the_source_tree():
+    assert process.fastdds_profile().resolve() == PROFILE.resolve()
 
 
 def test_bench_records_the_profile_variable_in_use():
@@ -164,11 +170,16 @@ def fast_dds_rmw() -> bool:
     return os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp"
 
 
+def shipped_env() -> dict:
+    """This session's environment with the shipped profile, whatever profile the user set."""
+    return dds_env({k: v for k, v in os.environ.items() if k not in PROFILE_VARS})
+
+
 @pytest.fixture(scope="module")
 def default_run():
     if not fast_dds_rmw():
         pytest.skip(f"RMW_IMPLEMENTATION={os.environ['RMW_IMPLEMENTATION']}: not Fast DDS")
-    return run_child(dds_env())
+    return run_child(shipped_env())
 
 
 def test_no_deprecation_warning_at_init(default_run):
@@ -181,7 +192,7 @@ def test_large_image_profile_applies(default_run):
     assert segments, f"no Fast DDS shared-memory segment was mapped:\n{text}"
     assert max(segments.values()) >= segment_size(), (ros_distro(), segments)
     # the control: the same participant without the profile maps only default-sized segments
-    plain, _ = run_child(dds_env(dict(os.environ, **{profile_variable(): ""})))
+    plain, _ = run_child(dds_env(dict(shipped_env(), **{profile_variable(): ""})))
     assert plain and max(plain.values()) < segment_size(), plain
 
 
