@@ -215,11 +215,33 @@ def cmd_run(args) -> int:
     """One policy through the node."""
     suite, episodes = _suite(args)
     cfg = _config(args)
-    by_policy = _run_policies(args, [args.policy], suite, episodes, cfg, gif=args.gif)
-    results = next(iter(v for k, v in by_policy.items() if k != "_frames"))
-    _write_run(args, suite, by_policy, cfg, f"run_{suite.name}")
+    runs = []
+    for i in range(args.repeat):
+        by_policy = _run_policies(args, [args.policy], suite, episodes, cfg, gif=args.gif)
+        runs.append(next(iter(v for k, v in by_policy.items() if k != "_frames")))
+        _write_run(args, suite, by_policy, cfg, f"run_{suite.name}" + (f"_{i}" if i else ""))
+    results = runs[0]
+    if args.repeat > 1:
+        same = _compare_runs(runs)
+        (args.out / f"repeat_{suite.name}.json").write_text(json.dumps(
+            machine_meta() | {"repeat": args.repeat, "same_outcomes": same["outcomes"],
+                              "max_final_pose_diff": same["pose"],
+                              "per_run": [[r.outcome for r in rs] for rs in runs]}, indent=1))
+        print(f"\n{args.repeat} runs: same outcome per episode: {same['outcomes']}; largest "
+              f"final-pose difference {same['pose']:.2e} (m or rad)")
+        if not same["outcomes"]:
+            return 1
     rate = sum(r.success for r in results) / len(results)
     return 0 if rate >= args.min_success else 1
+
+
+def _compare_runs(runs: list) -> dict:
+    """Whether every run had the same outcome per episode; the largest final-pose difference."""
+    first = runs[0]
+    outcomes = all([r.outcome for r in rs] == [r.outcome for r in first] for rs in runs)
+    pose = max((abs(a - b) for rs in runs[1:] for r1, r2 in zip(first, rs, strict=True)
+                for a, b in zip(r1.final_pose, r2.final_pose, strict=True)), default=0.0)
+    return {"outcomes": outcomes, "pose": float(pose)}
 
 
 def cmd_demo(args) -> int:
@@ -275,9 +297,10 @@ def cmd_sweep(args) -> int:
             for hz in args.rates:
                 one("control_rate", _replace(base, control_rate_hz=hz), control_rate_hz=hz)
         elif what == "chunk":
-            for blend in (0, 2):
-                one("chunk_blend_steps", base, node_extra={"chunk_blend_steps": blend},
-                    chunk_blend_steps=blend)
+            for mode, blend in (("chunk", 0), ("chunk", 2), ("server", 0)):
+                one("chunk_playback", base, node_extra={"action_mode": mode,
+                                                        "chunk_blend_steps": blend},
+                    action_mode=mode, chunk_blend_steps=blend)
         elif what == "backend":
             for backend in ("torch", "onnx"):
                 one("backend", base, backend=backend, backend_name=backend)
@@ -378,6 +401,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--policy", default="sim", help="sim, demo, random, zero or a path")
             s.add_argument("--gif", action="store_true", help="write an onboard-camera GIF")
+            s.add_argument("--repeat", type=int, default=1,
+                           help="run N times (a fresh node each) and compare the outcomes")
         else:
             s.add_argument("--baseline-episodes", type=int, default=6,
                            help="episodes of the random and zero baselines, spread over the "

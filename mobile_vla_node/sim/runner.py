@@ -239,20 +239,22 @@ class ClosedLoop:
         want = self.frames_done_base + self.frames_sent
         end = time.monotonic() + cfg.sync_timeout_s
         nudge = 0
+        resent = False
         while not b.wait(lambda: self.frames_done() >= want, 0.2):
             self._alive()
             if time.monotonic() > end:
                 raise SimError(f"the node did not process frame {self.frames_sent} in "
                                f"{cfg.sync_timeout_s:g} s")
             nudge += 1
-            if nudge % 25 == 0:
-                print(f"    (waiting for the node: frame {self.frames_sent}, done "
-                      f"{self.frames_done()} of {want}; inputs "
-                      f"{b.diag_value('inputs', 'frames_received')} received, stop "
-                      f"{b.diag_value('control', 'stop_reason')!r})", flush=True)
             b.publish_clock(self.now_ns() + nudge * 1000)  # keep the stall detector quiet
-            if nudge % 10 == 0:
-                b.publish_image(msg)  # best effort: the frame may have been lost; resend
+            if nudge % 50 == 0:  # 10 s: the frame (best effort) was probably lost; resend
+                print(f"    (resending frame {self.frames_sent}: done {self.frames_done()} of "
+                      f"{want})", flush=True)
+                b.publish_image(msg)
+                resent = True
+        if resent:  # the first copy may still be processed: count from what the node says
+            time.sleep(0.5)
+            self.frames_done_base = self.frames_done() - self.frames_sent
 
     def settle_diagnostics(self, check, timeout: float = 10.0) -> bool:
         """Wait until the node's diagnostics satisfy ``check()`` (lockstep bookkeeping)."""
