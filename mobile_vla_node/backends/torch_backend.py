@@ -86,6 +86,7 @@ class TorchBackend(InferenceBackend):
     def _setup_device_preprocess(self, cfg, warnings: list) -> str:
         """Decide whether `infer_raw` resizes on the device; return the diagnostics text."""
         self.preprocesses_on_device = False
+        self._swap_index = self.torch.tensor([2, 1, 0], device=self.device)   # rgb <-> bgr
         if not getattr(cfg, "device_preprocess", True):
             return "cpu (runtime resize; device_preprocess: false)"
         if self.device.type != "cuda":
@@ -193,15 +194,15 @@ class TorchBackend(InferenceBackend):
     def _raw_encoder(self, channel_order: str):
         encoders = self.__dict__.setdefault("_raw_encoders", {})
         if channel_order not in encoders:
-            encode, torch = self._encode, self.torch
-            swap = channel_order == "bgr"
+            encode = self._encode
+            # made at load, not in the call: no host-to-device copy inside a CUDA graph capture
+            swap = self._swap_index if channel_order == "bgr" else None
 
             def encode_raw(frames, ids):
                 # encode_frame resizes a camera-size frame in-graph (FramePreprocess); the swap
                 # is a 3-channel gather of the frame
-                if swap:
-                    frames = frames.index_select(3, torch.tensor([2, 1, 0],
-                                                                 device=frames.device))
+                if swap is not None:
+                    frames = frames.index_select(3, swap)
                 return encode(frames, ids)
 
             encoders[channel_order] = encode_raw
