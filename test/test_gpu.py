@@ -232,6 +232,22 @@ def test_gpu_resize_matches_pil():
         assert row["max_levels"] <= RESIZE_MAX_LEVELS and row["mean_levels"] < RESIZE_MEAN_LEVELS
 
 
+def test_gpu_in_graph_resize_equals_pil():
+    """The torch backend's CUDA resize (model.preprocessing, int32 tables): PIL bit for bit."""
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    frames = _scenes(4) + [np.random.default_rng(2).integers(0, 256, (720, 1280, 3),
+                                                             dtype=np.uint8)]
+    for resize_filter in ("bicubic", "bilinear", "lanczos", "nearest"):
+        module = FramePreprocess(224, resize_filter, (0.0,) * 3, (1.0,) * 3)
+        for f in frames:
+            got = module.resize(torch.from_numpy(f).cuda()[None])[0].cpu().numpy()
+            np.testing.assert_array_equal(got, to_model_input(f, 224,
+                                                              resize_filter=resize_filter))
+    record("gpu_in_graph_resize_vs_pil", {"filters": 4, "frames": len(frames),
+                                           "max_levels": 0})
+
+
 def test_runtime_raw_frames_on_gpu_with_graphs_match_cpu_pil_path(full):
     """Windowed steps through PolicyRuntime: GPU resize + graphs (bf16) vs PIL + CPU fp32."""
     frames = _scenes(full.cpu.spec.window_size + 3)
