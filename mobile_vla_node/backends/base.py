@@ -12,8 +12,9 @@ A backend owns one loaded policy and runs its two stages on numpy arrays:
 `core.runtime.PolicyRuntime`, shared by all backends.
 
 A backend whose ``preprocesses_on_device`` is true after `load` also takes the decoded camera
-frame as it is: ``infer_raw(rgb, text_ids, history, channel_order)`` with uint8 (H, W, 3) RGB of
-any size; it resizes (like `core.preprocess.to_model_input`) and normalizes on its device, so the
+frame as it is: ``infer_raw(rgb, text_ids, history, channel_order)`` with a uint8 (H, W, 3)
+frame of any size (any strides; ``channel_order`` "bgr": its channels must be swapped for the
+model); it resizes (like `core.preprocess.to_model_input`) and normalizes on its device, so the
 CPU does no per-pixel work. `PolicyRuntime.step` calls it instead of ``prepare`` + ``infer``.
 """
 

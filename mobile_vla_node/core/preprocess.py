@@ -12,9 +12,10 @@ The channel swap of a bgr frame happens after the resize (3 channels of the smal
 inside the encoder graph.
 
 Resize on the CPU (`CpuResize`, for backends whose graph takes the model-size image): Pillow is
-the reference; torch's uint8 antialiased kernel (a port of Pillow-SIMD: bilinear and bicubic)
-is within 1 uint8 level of it and about 5x faster, so it is used where torch is installed
-(docs/BENCHMARKS.md, "Preprocessing"). `core.resize` has the exact tables.
+the reference; torch's uint8 antialiased kernel (a port of Pillow-SIMD) is about 5x faster,
+within 1 uint8 level for bilinear but up to 2 for bicubic, so the default (node parameter
+``cpu_resize: auto``) takes it for bilinear only; ``fast`` takes it for bicubic too, ``exact``
+never (docs/BENCHMARKS.md, "Preprocessing"). `core.resize` has the exact tables.
 """
 
 from __future__ import annotations
