@@ -212,7 +212,7 @@ def action_effect(torch, scenes: dict) -> list:
             ids = torch.from_numpy(tok.encode("go to the red box"))[None]
 
             def act(image, model=model, ids=ids, window=window):
-                feature = model.encode_frame(torch.from_numpy(np.ascontiguousarray(image))[None],
+                feature = model.encode_frame(torch.from_numpy(np.array(image))[None],
                                              ids)
                 actions, _, _ = model.decode(feature[:, None].expand(1, window, -1),
                                              *model.zero_state(1))
