@@ -71,7 +71,11 @@ class InputGate:
     rclpy's message info (Jazzy and newer pass it to a two-argument callback) a message is
     known by its writer's stamp and sequence number (and writer id where rclpy gives it): the
     first copy passes, the second is dropped. Each reader delivers in order and neither skips
-    (depth 10), so "first copy wins" keeps every writer's order.
+    (depth 10), so "first copy wins" keeps every writer's order. A latched delivery older
+    (source stamp) than the newest message applied is dropped too: another writer's history
+    must not undo a newer message, such as an e-stop that arrived first. Live deliveries are
+    never judged by stamp (another machine's clock may lag): they pass in arrival order, as
+    with a single reader.
 
     Humble's rclpy gives callbacks no message info. Then the latched reader serves only the
     start-up state: its first message passes if the live reader has delivered nothing yet, and
@@ -85,6 +89,7 @@ class InputGate:
         self._seen: OrderedDict = OrderedDict()
         self._live_seen = False
         self._latched_used = False
+        self._newest = 0  # source stamp of the newest message applied (message info only)
         self.duplicates = 0
 
     def admit(self, latched: bool, info) -> bool:
@@ -94,6 +99,11 @@ class InputGate:
             if key in self._seen:
                 self.duplicates += 1
                 return False
+            stamp = key[2]
+            if latched and stamp < self._newest:
+                # Not remembered: its live copy, if one comes, passes like any live message.
+                return False
+            self._newest = max(self._newest, stamp)
             self._seen[key] = None
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
