@@ -81,6 +81,33 @@ def test_without_message_info_latched_reader_gives_only_the_start_up_state():
     assert not late.admit(True, None)   # after live traffic: a copy, possibly stale
 
 
+def test_without_message_info_a_message_ready_on_both_readers_is_applied_once():
+    """Humble: the executor takes ready readers in creation order; the live one must be first.
+
+    A latching publisher that starts after the node: its first message reaches both readers in
+    one executor wake. Taken latched-first, the gate would apply it twice.
+    """
+    from mobile_vla_node.ros.node import CALLBACKS_GET_INFO, VlaNode
+
+    class Stub:
+        _gated = VlaNode._gated
+
+        def __init__(self):
+            self.input_gates, self.readers = {}, []
+
+        def _subscribe(self, msg_type, topic, callback, qos, report):
+            self.readers.append(callback)
+
+    stub, applied = Stub(), []
+    VlaNode._subscribe_input(stub, "enable", bool, "/vla/enable", applied.append)
+    assert len(stub.readers) == 2
+    # One wake, creation order, no message info (with info support rclpy passes info=None here).
+    for callback in stub.readers:
+        callback(*((True, None) if CALLBACKS_GET_INFO else (True,)))
+    assert applied == [True]
+    assert stub.input_gates["enable"].duplicates == 1
+
+
 def test_message_key():
     assert message_key(None) is None
     assert message_key({"source_timestamp": 0}) is None

@@ -153,7 +153,10 @@ class VlaNode(LifecycleNode):
         """A live and a latched reader of one input topic, each message applied once (qos.py)."""
         gate = self.input_gates[role] = InputGate()
         live_role, latched_role = LATCHED_INPUTS[role]
-        for latched, qos_role in ((True, latched_role), (False, live_role)):
+        # Live reader first: the executor takes ready readers in creation order, so when both
+        # copies of a message are ready in one wake, Humble's gate (no message info) applies the
+        # live copy and drops the latched one instead of applying both.
+        for latched, qos_role in ((False, live_role), (True, latched_role)):
             # A volatile writer is incompatible with the latched reader by design; only a writer
             # that the live reader cannot match either (best effort) is a problem.
             self._subscribe(msg_type, topic, self._gated(gate, latched, handler),

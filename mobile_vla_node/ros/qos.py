@@ -11,7 +11,8 @@ and most nodes publish volatile), and a volatile reader gets no latched history.
 each of these topics twice (`LATCHED_INPUTS`): a volatile reader that matches every reliable
 writer, and a transient-local one for the sample a latching publisher held before the node
 started. Our own publishers (``"command"``, ``"enable"``) latch: a transient-local writer matches
-both readers. A message that reaches both readers is applied once (`InputGate`).
+both readers. A message that reaches both readers is applied once (`InputGate`; on Humble,
+whose callbacks get no message info, with the caveats given there).
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ class InputGate:
     Humble's rclpy gives callbacks no message info. Then the latched reader serves only the
     start-up state: its first message passes if the live reader has delivered nothing yet, and
     it is ignored after that (every later message of a latching writer reaches the live reader
-    too). What that misses on Humble: a second latched history, and a latching publisher that
-    starts after the node and publishes before discovery has matched it.
+    too). The node creates the live reader first, so when both copies of a message are ready in
+    one executor wake the live one is taken and the latched one dropped. What that misses on
+    Humble: a second latched history; a latching publisher that starts after the node and
+    publishes before discovery has matched it; and when the latched copy of such a publisher's
+    first message is taken in an earlier wake than its live copy, both are applied (the same
+    value twice: only an enable-service call between the two would be undone).
     """
 
     def __init__(self, remember: int = 256):
