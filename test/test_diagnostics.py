@@ -230,3 +230,21 @@ def test_incompatible_publishers_warn_on_inputs():
     bad = inputs(stats, control={**MOVING, "fault": "bad_image", "incompatible_qos": {
         "/vla/command": (1, "RELIABILITY")}})
     assert bad.level == ERROR
+
+
+def test_an_incompatible_publisher_on_the_enable_topic_is_an_error():
+    """Its e-stops can never arrive: ERROR, ahead of every other input problem."""
+    stats = live_stats(image_hz=30.0)
+    qos = {"/robot/vla/command": (1, "RELIABILITY"), "/robot/vla/enable": (2, "RELIABILITY")}
+    found = inputs(stats, control={**MOVING, "enable_topic": "/robot/vla/enable",
+                                   "incompatible_qos": qos})
+    assert found.level == ERROR
+    assert "e-stop" in found.message and "/robot/vla/enable: 2 (RELIABILITY)" in found.message
+    bad = inputs(stats, control={**MOVING, "enable_topic": "/robot/vla/enable",
+                                 "fault": "bad_image", "incompatible_qos": qos})
+    assert bad.level == ERROR and "e-stop" in bad.message
+    # Only the command topic: still a warning.
+    command_only = inputs(stats, control={**MOVING, "enable_topic": "/robot/vla/enable",
+                                          "incompatible_qos": {"/robot/vla/command": qos[
+                                              "/robot/vla/command"]}})
+    assert command_only.level == WARN

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from mobile_vla_node.ros.qos import LATCHED_INPUTS, QOS, InputGate, message_key
 
 
@@ -93,10 +95,11 @@ def test_without_message_info_a_message_ready_on_both_readers_is_applied_once():
         _gated = VlaNode._gated
 
         def __init__(self):
-            self.input_gates, self.readers = {}, []
+            self.input_gates, self.input_topics, self.readers = {}, {}, []
 
         def _subscribe(self, msg_type, topic, callback, qos, report):
             self.readers.append(callback)
+            return SimpleNamespace(topic_name=topic)
 
     stub, applied = Stub(), []
     VlaNode._subscribe_input(stub, "enable", bool, "/vla/enable", applied.append)

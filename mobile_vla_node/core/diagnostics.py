@@ -125,7 +125,14 @@ def _inputs_status(name, hw, cfg, stats, control, now, c):
         f"{topic}: {count} ({policy})" for topic, (count, policy) in sorted(incompatible.items()))
     # Copies of a latching publisher's messages that both readers got (applied once).
     values["duplicate_inputs"] = str(control.get("duplicate_inputs", 0))
-    if control.get("fault") == "bad_image":
+    # The node's resolved enable topic: an incompatible publisher there is an e-stop that can
+    # never arrive, so it outranks everything else.
+    enable_topic = control.get("enable_topic")
+    if enable_topic in incompatible:
+        count, policy = incompatible[enable_topic]
+        level, msg = ERROR, (f"e-stop publisher with incompatible QoS (its e-stops never "
+                             f"arrive) on {enable_topic}: {count} ({policy})")
+    elif control.get("fault") == "bad_image":
         level, msg = ERROR, f"bad input: {control.get('last_input_error', '')}"
     elif c["frames_received"] == 0:
         level, msg = ERROR, "no data yet"

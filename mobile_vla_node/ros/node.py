@@ -110,6 +110,7 @@ class VlaNode(LifecycleNode):
         self._incompatible_seen: set = set()  # topics whose incompatible writer the graph showed
         self._reader_qos: dict = {}  # topic -> the QoS of the reader that reports it
         self.input_gates: dict = {}
+        self.input_topics: dict = {}  # role -> resolved topic name ("enable": diagnostics)
         image_type, image_topic = ((CompressedImage, topics.compressed_image_topic)
                                    if topics.image_transport == "compressed"
                                    else (Image, topics.image_topic))
@@ -159,8 +160,10 @@ class VlaNode(LifecycleNode):
         for latched, qos_role in ((False, live_role), (True, latched_role)):
             # A volatile writer is incompatible with the latched reader by design; only a writer
             # that the live reader cannot match either (best effort) is a problem.
-            self._subscribe(msg_type, topic, self._gated(gate, latched, handler),
-                            profile(qos_role), report=not latched)
+            sub = self._subscribe(msg_type, topic, self._gated(gate, latched, handler),
+                                  profile(qos_role), report=not latched)
+            if not latched:
+                self.input_topics[role] = sub.topic_name
 
     def _gated(self, gate: InputGate, latched: bool, handler):
         def deliver(msg, info):
@@ -536,6 +539,7 @@ class VlaNode(LifecycleNode):
                 "twist": ", ".join(f"{x:.3f}" for x in last.twist) if last else "",
                 "incompatible_qos": dict(self.incompatible_qos),
                 "duplicate_inputs": sum(g.duplicates for g in self.input_gates.values()),
+                "enable_topic": self.input_topics.get("enable"),
             }
             if control is not None:
                 control_values.update(
