@@ -5,7 +5,8 @@ lives as long as its writer) until SIGINT/SIGTERM.
     python test/qos_publisher.py --durability volatile --wait-subscriptions 1 \
         --enable true --command "turn left"
 
-Prints ``published`` once every message is out (after the wait, if any).
+Prints ``published`` once every message is out (after the wait, if any). If the wait has not
+ended after ``--timeout`` seconds, it says so on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 
 def main(argv=None) -> int:
@@ -25,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--enable", choices=("true", "false"))
     parser.add_argument("--command", action="append", default=[],
                         help="an instruction to publish (repeatable: published in order)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the subscriptions before giving up (exit 1)")
     args = parser.parse_args(argv)
 
     import rclpy
@@ -44,9 +48,15 @@ def main(argv=None) -> int:
     if args.command:
         publishers.append((node.create_publisher(String, "/vla/command", qos),
                            [String(data=text) for text in args.command]))
+    deadline = time.monotonic() + args.timeout
     try:
         while not all(pub.get_subscription_count() >= args.wait_subscriptions
                       for pub, _ in publishers):
+            if time.monotonic() > deadline:
+                counts = [pub.get_subscription_count() for pub, _ in publishers]
+                print(f"qos_publisher: gave up after {args.timeout:g} s: subscriptions {counts}, "
+                      f"wanted {args.wait_subscriptions} each", file=sys.stderr, flush=True)
+                return 1
             rclpy.spin_once(node, timeout_sec=0.05)
         for pub, messages in publishers:
             for msg in messages:

@@ -11,30 +11,45 @@ Every wait is for an event (a diagnostics value, a printed line), never a time w
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import time
+import tempfile
+from pathlib import Path
 
 import pytest
 from ros_harness import REPO, Probe, other_domain, ros_env, start_node, stop_process, wait_for_log
 
 PARAMS = {"backend": "null", "diagnostics_period_s": 0.2}
 EVENT_TIMEOUT = 60.0  # generous: only reached when something is broken
+STARTUP_ALLOWANCE = 30.0  # a publisher process's start before its own --timeout counts
 
 
-def start_publisher(*args, domain=None):
-    """test/qos_publisher.py as its own process; returns it once it printed ``published``."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "test" / "qos_publisher.py"), *args],
-                            cwd=REPO, env=ros_env(domain), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    line = ""
-    end = time.monotonic() + EVENT_TIMEOUT
-    while time.monotonic() < end and proc.poll() is None:
-        line = proc.stdout.readline()
-        if line.strip() == "published":
-            return proc
+def start_publisher(*args, domain=None, timeout=EVENT_TIMEOUT):
+    """test/qos_publisher.py as its own process; returns it once it printed ``published``.
+
+    The publisher gives up by itself (exit 1) when its subscriptions have not matched within
+    ``timeout`` (``--timeout``). Its output goes to a file, read without blocking, so even a
+    publisher that hangs cannot hold the test past ``timeout`` plus its start-up allowance.
+    """
+    fd, name = tempfile.mkstemp(prefix="qos_publisher_", suffix=".log")
+    log = Path(name)
+    with os.fdopen(fd, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "test" / "qos_publisher.py"), *args,
+                                 "--timeout", str(timeout)],
+                                cwd=REPO, env=ros_env(domain), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    if wait_for_log(log, "published", timeout=timeout + STARTUP_ALLOWANCE, proc=proc):
+        return proc
     stop_process(proc)
-    raise AssertionError(f"publisher {args} did not publish: {line!r}")
+    raise AssertionError(f"publisher {args} did not publish: {log.read_text()[-2000:]!r}")
+
+
+def test_a_publisher_that_never_matches_gives_up():
+    """Readers it never gets: qos_publisher.py exits 1 and start_publisher raises, no hang."""
+    with pytest.raises(AssertionError, match="gave up after 3 s"):
+        start_publisher("--durability", "volatile", "--wait-subscriptions", "100", "--enable",
+                        "true", domain=other_domain(), timeout=3.0)
 
 
 def values_of(probe, status: str) -> dict:
