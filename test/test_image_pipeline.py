@@ -169,6 +169,29 @@ def test_inspect_with_a_given_pipeline_names_it(team_ckpt):
     assert rc == 2   # custom without its values: a usage error
 
 
+def test_a_team_checkpoint_without_its_training_json_has_an_undetermined_pipeline(tmp_path):
+    """auto keeps the preset's pipeline: listed as a guess (node WARNING, never "faithful")."""
+    ckpt = save_lightning(tmp_path / "last.ckpt", to_team_keys(build(tiny_config()).state_dict()))
+    prep = prepare(ModelSource("tiny", str(ckpt)))
+    assert prep.team and prep.facts is None and prep.config_file is None
+    assert "no training JSON" in prep.image_undetermined
+    assert prep.image_undetermined in prep.assumed
+    rc, out = _inspect("inspect", ckpt)
+    assert rc == 1
+    assert "NOT DETERMINED: no training JSON states it" in out
+    assert "no training JSON, so nothing states" in out[out.index("verdict"):]
+    # Given: determined.
+    given = prepare(ModelSource("tiny", str(ckpt), image=ImageChoice("team_h5_2025")))
+    assert not given.image_undetermined
+    assert not any("no training JSON" in a for a in given.assumed)
+    rc, out = _inspect("inspect", ckpt, "--image-pipeline", "team_h5_2025")
+    assert "NOT DETERMINED" not in out
+    # This package's own checkpoint (its own layout) is not a team checkpoint: no such note.
+    (tmp_path / "own").mkdir()
+    own = save_lightning(tmp_path / "own" / "last.ckpt", build(tiny_config()).state_dict())
+    assert not prepare(ModelSource("tiny", str(own))).image_undetermined
+
+
 # --- parity with PIL --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("resize_filter", pil_resize.RESIZE_FILTERS)

@@ -143,5 +143,12 @@ def ambiguity_note(picked: str) -> str:
             "image_pipeline explicitly")
 
 
+def no_json_note(kept: str) -> str:
+    """Why a team checkpoint without its training JSON has no determined pipeline (auto)."""
+    return (f"image normalization / image pipeline: no training JSON, so nothing states the "
+            f"team checkpoint's pipeline; auto kept the preset's ({kept}), which may be none of "
+            f"the team's ({', '.join(TEAM_PRESETS)}): set image_pipeline explicitly")
+
+
 def _fmt(values) -> str:
     return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"

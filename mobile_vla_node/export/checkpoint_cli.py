@@ -310,9 +310,11 @@ class Report:
             why = ("given" if given else "recorded in this package's config.json" if
                    p.config_file is not None else "the preset's defaults")
         lines.append(f"pipeline     : {cfg.image_pipeline} -- {why}")
-        if p.facts is not None and p.facts.image_undetermined:
-            lines.append("  NOT DETERMINED: the training JSON alone is ambiguous; give "
-                         "--image-pipeline (node parameter image_pipeline)")
+        if p.image_undetermined:
+            lines.append("  NOT DETERMINED: " + ("the training JSON alone is ambiguous" if
+                                                 p.facts is not None else "no training JSON "
+                                                 "states it") + "; give --image-pipeline (node "
+                         "parameter image_pipeline)")
         return lines
 
     def params_yaml(self) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.image_pipeline import ImageChoice
+from ..core.image_pipeline import ImageChoice, Pipeline, no_json_note
 from .checkpoint import (
     CHECKPOINT_SUFFIXES,
     CheckpointError,
@@ -107,6 +107,7 @@ class Prepared:
     team: bool = False                                # the team's checkpoint/config format
     layout_recorded: bool = False                     # token_layout stated by a native config
     tokenizer_file: str = ""                          # the prompt tokenizer's path ("": built-in)
+    image_undetermined: str = ""                      # why the image pipeline is a guess
 
     @property
     def token_layout(self) -> str:
@@ -248,12 +249,29 @@ def prepare(source: ModelSource) -> Prepared:
         prep.problems += facts.refused
     _read_checkpoint(prep, ckpt, source)
     prep.team = prep.team or facts is not None
+    _note_image_guess(prep, source)
     try:
         choose_layout(prep, source)
     except ValueError as exc:
         prep.problems.append(str(exc))
     choose_tokenizer(prep, source)
     return prep
+
+
+def _note_image_guess(prep: Prepared, source: ModelSource) -> None:
+    """Record an image pipeline that nothing determined (a guess, logged and never "faithful").
+
+    The training JSON's ambiguous pick, or a team checkpoint's without any config: auto keeps
+    the preset's pipeline.
+    """
+    if prep.facts is not None:
+        prep.image_undetermined = prep.facts.image_undetermined
+    elif prep.team and prep.config_file is None and not source.image.explicit:
+        cfg = prep.config
+        kept = Pipeline(cfg.image_pipeline, cfg.resize_filter, tuple(cfg.image_mean),
+                        tuple(cfg.image_std))
+        prep.image_undetermined = no_json_note(kept.describe())
+        prep.assumed.append(prep.image_undetermined)
 
 
 def _read_checkpoint(prep: Prepared, ckpt: Path | None, source: ModelSource) -> None:
