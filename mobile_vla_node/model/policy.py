@@ -98,10 +98,6 @@ class MobileVLAPolicy(nn.Module):
         self.register_buffer("image_end_ids", torch.tensor([image_end_id], dtype=torch.long),
                              persistent=False)
         self.pad_id = int(pad_id)
-        self.register_buffer("pixel_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.image_std).view(1, 3, 1, 1),
-                             persistent=False)
         # camera frame -> model input (resize with the pipeline's PIL filter, mean/std), in-graph
         self.preprocess = FramePreprocess(config.image_size, config.resize_filter,
                                           config.image_mean, config.image_std)
@@ -114,7 +110,7 @@ class MobileVLAPolicy(nn.Module):
         Frames of another size than the model's are resized first, as PIL does it
         (`FramePreprocess`: bit-exact, traceable into the exported graphs).
         """
-        return self.preprocess(images, dtype=self.pixel_mean.dtype)
+        return self.preprocess(images, dtype=self.action_token.dtype)  # the model's dtype
 
     def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
         """Kosmos-2's image path (as in ``Kosmos2Model.forward``, transformers 4.x and 5.x)."""
