@@ -264,8 +264,9 @@ class VlaNode(LifecycleNode):
         for warning in info.warnings:
             self.get_logger().warning(warning)
         runtime = PolicyRuntime(backend, cfg.action, cfg.control.max_command_chars)
-        if runtime.layout_warning():
-            self.get_logger().warning(runtime.layout_warning())
+        layout_warning = runtime.layout_warning()
+        if layout_warning:
+            self.get_logger().warning(layout_warning)
         control = ControlLoop(cfg.control, cfg.safety, backend.spec.chunk_step_period_s)
         control.set_active(False)
         with self._lock:
