@@ -34,6 +34,7 @@ from .world import BaseLimits, SimError, World
 
 CLOCK_START_NS = 1_000_000_000
 OFFSET_NS = 500_000  # ticks are published 0.5 ms after their deadline (float-safe scheduling)
+NUDGE_S = 0.05  # while waiting for the node, /clock moves by 1 us this often (stall detector)
 
 
 @dataclass
@@ -240,14 +241,14 @@ class ClosedLoop:
         end = time.monotonic() + cfg.sync_timeout_s
         nudge = 0
         resent = False
-        while not b.wait(lambda: self.frames_done() >= want, 0.2):
+        while not b.wait(lambda: self.frames_done() >= want, NUDGE_S):
             self._alive()
             if time.monotonic() > end:
                 raise SimError(f"the node did not process frame {self.frames_sent} in "
                                f"{cfg.sync_timeout_s:g} s")
             nudge += 1
             b.publish_clock(self.now_ns() + nudge * 1000)  # keep the stall detector quiet
-            if nudge % 50 == 0:  # 10 s: the frame (best effort) was probably lost; resend
+            if nudge % int(10 / NUDGE_S) == 0:  # 10 s: the frame (best effort) was lost? resend
                 print(f"    (resending frame {self.frames_sent}: done {self.frames_done()} of "
                       f"{want})", flush=True)
                 b.publish_image(msg)
@@ -259,11 +260,15 @@ class ClosedLoop:
     def settle_diagnostics(self, check, timeout: float = 10.0) -> bool:
         """Wait until the node's diagnostics satisfy ``check()`` (lockstep bookkeeping)."""
         end = time.monotonic() + timeout
+        nudge = 0
         while time.monotonic() < end:
             if check():
                 return True
             self._alive()
             time.sleep(0.02)
+            nudge += 1
+            if nudge % 3 == 0:
+                self.bridge.publish_clock(self.now_ns() + nudge * 1000)
         return False
 
     # -- one episode --------------------------------------------------------------------------
@@ -342,6 +347,10 @@ class ClosedLoop:
             "stops_by_cause": {k2: counts1.get(k2, 0) - counts0.get(k2, 0) for k2 in counts1
                                if counts1.get(k2, 0) - counts0.get(k2, 0) > 0},
         }
+        # The node saw /clock stand still longer than image_timeout_s of steady time (a loaded
+        # machine): it published stall zeros and reset its limiter, so this episode may differ
+        # from an unloaded run of the same seed.
+        r.node["reproducible"] = "clock_stalled" not in r.node["stops_by_cause"]
         for i, stage in enumerate(("transport", "preprocess", "inference", "end_to_end")):
             col = timings[:, i] if len(timings) else np.zeros(0)
             col = col[np.isfinite(col)]
