@@ -294,10 +294,11 @@ def _soak_wait(rig: Rig, opts, t0: float, duration: float) -> list:
         samples.append([round(now - t0, 1), *(round(x, 2) for x in os.getloadavg())])
         count = rig.recorder.n_twists.value
         rss = rig.sampler.samples[-1][1] if rig.sampler and rig.sampler.samples else None
-        if now > last_t:
-            print(f"  soak +{now - t0:7.1f} s: {(count - last_count) / (now - last_t):6.2f} Hz "
-                  f"received, node RSS {rss if rss is None else round(rss, 1)} MB, load avg "
-                  f"{samples[-1][1]:.2f} {samples[-1][2]:.2f} {samples[-1][3]:.2f}", flush=True)
+        rate = (f"{(count - last_count) / (now - last_t):6.2f} Hz received"
+                if now - last_t >= 1.0 else "start")
+        print(f"  soak +{now - t0:7.1f} s: {rate}, node RSS "
+              f"{rss if rss is None else round(rss, 1)} MB, load avg "
+              f"{samples[-1][1]:.2f} {samples[-1][2]:.2f} {samples[-1][3]:.2f}", flush=True)
         last_count, last_t = count, now
         if now >= end:
             return samples
