@@ -94,7 +94,7 @@ class ModelSpec:
                    pc.action_dim, pc.max_linear, pc.chunk_step_period_s, pc.head,
                    pc.num_classes, [list(map(float, r)) for r in pc.class_velocities],
                    pc.resize_filter, pc.image_norm,
-                   token_layout=getattr(pc, "token_layout", "package"),
+                   token_layout=pc.token_layout,
                    image_tokens=int(pc.backbone.get("latent_query_num", 64)))
 
 
@@ -121,7 +121,7 @@ def check_token_layout(config, spec: ModelSpec, what: str) -> None:
 
     ``auto`` accepts the export's. (The torch backend builds the layout the parameter names.)
     """
-    wanted = getattr(config, "token_layout", "auto") or "auto"
+    wanted = config.token_layout or "auto"
     if wanted not in ("auto", spec.token_layout):
         raise BackendError(f"token_layout {wanted!r} but {what} was exported with the "
                            f"{spec.token_layout!r} layout (it is part of the graph); re-export "

@@ -50,7 +50,7 @@ class PolicyRuntime:
         self.spec = backend.spec
         self.channel_order = action.channel_order
         self.post = ActionPostprocessor.for_spec(action, self.spec)
-        self.resize_filter = getattr(self.spec, "resize_filter", "bicubic")
+        self.resize_filter = self.spec.resize_filter
         # model-size graphs: the frame is resized here, on the CPU (backends that take the
         # camera frame, preprocesses_on_device, resize inside their graph)
         engine = getattr(getattr(backend, "config", None), "cpu_resize", "auto")
@@ -61,7 +61,7 @@ class PolicyRuntime:
             info.extra["cpu_resize"] = self.resizer.describe()   # shown in /diagnostics
         self.max_command_chars = max_command_chars
         self.history: deque = deque(maxlen=max(self.spec.window_size - 1, 0))
-        self.action_mode = getattr(action, "action_mode", "chunk")
+        self.action_mode = action.action_mode
         self.steps = 0   # accepted steps since the last reset (action_mode server: first is 0)
         self.command: str | None = None
         self.text_ids: np.ndarray | None = None
@@ -94,10 +94,10 @@ class PolicyRuntime:
 
     def layout_warning(self) -> str:
         """One line for node start when the token layout hides the instruction, else ""."""
-        layout = getattr(self.spec, "token_layout", "package")
+        layout = self.spec.token_layout
         if layout != token_layouts.KOSMOS:
             return ""
-        latent = int(getattr(self.spec, "image_tokens", 0))
+        latent = int(self.spec.image_tokens)
         return (f"token_layout {layout}: instruction-blind: {token_layouts.BLIND_TEXT} (the "
                 f"first {latent} prompt positions hold image tokens: every prompt of up to "
                 f"{token_layouts.blind_limit(latent)} ids, <s> and </s> included, acts the same "
@@ -109,9 +109,9 @@ class PolicyRuntime:
             ids = self.text_ids
         if ids is None:
             return "n/a (no command)"
-        layout = getattr(self.spec, "token_layout", "package")
+        layout = self.spec.token_layout
         vis = token_layouts.visibility(layout, int(len(ids)),
-                                       int(getattr(self.spec, "image_tokens", 0)))
+                                       int(self.spec.image_tokens))
         return ("yes: " if vis.blind else "no: ") + vis.describe()
 
     def prepare(self, rgb: np.ndarray, order: str = "rgb") -> np.ndarray:
