@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from kosmos_tokenizer import make_tokenizer_folder
 
+from mobile_vla_node.backends.base import BackendInfo, InferenceBackend, ModelSpec
 from mobile_vla_node.model.loader import ModelSource
 from mobile_vla_node.model.policy import MobileVLAPolicy
 from mobile_vla_node.model.presets import preset_config
@@ -134,6 +135,43 @@ def write_json(path: Path, data: dict) -> Path:
     """Write a JSON config."""
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def write_team_checkpoint(folder: Path):
+    """A tiny policy saved in ``folder`` as the team would: Lightning ``last.ckpt`` in their
+    regression head's names, beside its training JSON (named as theirs, so never picked up as
+    ``config.json``). Returns (model, checkpoint path, JSON path)."""
+    model = build(tiny_config())
+    ckpt = save_lightning(folder / "last.ckpt", to_team_keys(model.state_dict()))
+    cfg = write_json(folder / "mobile_vla_left_chunk10_20251218.json", training_json())
+    return model, ckpt, cfg
+
+
+class LoadedBackend(InferenceBackend):
+    """A `LoadedPolicy` behind the backend interface, as TorchBackend runs it (CPU, fp32); its
+    ``model`` is the loaded policy itself, so edits to it show in the next step."""
+
+    name = "loaded"
+
+    def __init__(self, loaded):
+        super().__init__(config=None)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.spec = ModelSpec.from_policy_config(loaded.config, loaded.model.feature_dim)
+        self.info = BackendInfo(self.name, "cpu", "fp32")
+
+    def load(self) -> None:
+        """Nothing to load: the policy came loaded."""
+
+    def encode(self, image, text_ids):
+        with torch.no_grad():
+            return self.model.encode_frame(torch.from_numpy(image)[None],
+                                           torch.from_numpy(text_ids)[None])[0].numpy()
+
+    def decode(self, features):
+        with torch.no_grad():
+            out, _, _ = self.model.decode(torch.from_numpy(features)[None],
+                                          *self.model.zero_state(1))
+            return out[0].numpy()
 
 
 def peft_state(state: dict, lora: dict, with_base: bool = True) -> dict:

@@ -19,6 +19,7 @@ from team_fixtures import (
     tokenizer_dir,
     training_json,
     write_json,
+    write_team_checkpoint,
 )
 
 from mobile_vla_node.export import checkpoint_cli
@@ -34,9 +35,7 @@ def run(*argv):
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     folder = tmp_path_factory.mktemp("team")
-    model = build(tiny_config())
-    ckpt = save_lightning(folder / "last.ckpt", to_team_keys(model.state_dict()))
-    cfg = write_json(folder / "mobile_vla_left_chunk10_20251218.json", training_json())
+    model, ckpt, cfg = write_team_checkpoint(folder)
     return folder, model, ckpt, cfg
 
 

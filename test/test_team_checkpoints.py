@@ -11,6 +11,7 @@ import torch
 from team_fixtures import (
     CHUNK,
     LORA_TARGETS,
+    LoadedBackend,
     build,
     make_lora,
     peft_state,
@@ -111,7 +112,8 @@ def test_dataset_decides_normalization_and_action_scale(tmp_path, dataset, norm,
     assert (prep.config.image_norm, prep.config.resize_filter, prep.config.max_linear) == \
         (norm, filt, scale)
     # the JSON cannot tell the team's image pipelines apart: auto's pick is an assumption
-    assert [a for a in prep.assumed if "cannot tell" in a] == prep.assumed and len(prep.assumed) == 1
+    assert [a for a in prep.assumed if "cannot tell" in a] == prep.assumed
+    assert len(prep.assumed) == 1
     assert not prep.problems
     # an explicit key wins; an unknown dataset is reported as an assumption
     explicit = write_json(tmp_path / "e.json", {**data, "image_norm": "clip",
@@ -226,30 +228,6 @@ def classifier(tmp_path_factory):
     return path, cfg
 
 
-class _Backend:
-    """The torch policy behind the backend interface (as TorchBackend runs it, on CPU)."""
-
-    def __init__(self, loaded):
-        from mobile_vla_node.backends.base import InferenceBackend
-
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.spec = ModelSpec.from_policy_config(loaded.config, loaded.model.feature_dim)
-        self.infer = lambda image, text_ids, history: InferenceBackend.infer(
-            self, image, text_ids, history)
-
-    def encode(self, image, text_ids):
-        with torch.no_grad():
-            return self.model.encode_frame(torch.from_numpy(image)[None],
-                                           torch.from_numpy(text_ids)[None])[0].numpy()
-
-    def decode(self, features):
-        with torch.no_grad():
-            out, _, _ = self.model.decode(torch.from_numpy(features)[None],
-                                          *self.model.zero_state(1))
-            return out[0].numpy()
-
-
 def _force_classes(model, classes):
     """Zero the logits layer and bias each chunk step towards one class."""
     n = model.config.num_classes
@@ -267,7 +245,7 @@ def test_classification_publishes_the_configured_velocity_per_class(classifier):
     assert (lp.config.head, lp.config.num_classes) == ("classification", 6)
     table = default_class_velocities(6, 1.0)
     assert lp.config.class_velocities == table
-    backend = _Backend(lp)
+    backend = LoadedBackend(lp)
     runtime = PolicyRuntime(backend, ActionConfig())
     runtime.set_command("go to the red box")
     frame = RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8)
@@ -287,7 +265,7 @@ def test_classification_publishes_the_configured_velocity_per_class(classifier):
 def test_classification_chunk_plays_back_class_by_class(classifier):
     path, cfg = classifier
     lp = load_policy(team_source(str(path), model_config=str(cfg)))
-    runtime = PolicyRuntime(_Backend(lp), ActionConfig())
+    runtime = PolicyRuntime(LoadedBackend(lp), ActionConfig())
     runtime.set_command("turn left")
     _force_classes(lp.model, [1, 2, 0])
     result = runtime.step(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -433,7 +411,7 @@ def test_onnx_export_of_their_heads_matches_torch(tmp_path, head, reference, con
         onnx_backend = _onnx_backend(out)
     frame = RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8)
     results = []
-    for backend in (_Backend(torch_policy), onnx_backend):
+    for backend in (LoadedBackend(torch_policy), onnx_backend):
         runtime = PolicyRuntime(backend, ActionConfig())
         runtime.set_command("go to the red box")
         for _ in range(3):

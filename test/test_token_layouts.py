@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 from team_fixtures import (
+    LoadedBackend,
     build,
     prompt_tokenizer,
-    save_lightning,
     team_source,
     tiny_config,
-    to_team_keys,
     tokenizer_dir,
     training_json,
-    write_json,
+    write_team_checkpoint,
 )
 
-from mobile_vla_node.backends.base import BackendError, ModelSpec
+from mobile_vla_node.backends.base import BackendError
 from mobile_vla_node.core.config import ActionConfig
 from mobile_vla_node.core.runtime import PolicyRuntime
 from mobile_vla_node.model import token_layouts as tl
@@ -170,10 +169,7 @@ def test_unknown_layout_and_team_layout_without_max_text_len_are_refused():
 
 @pytest.fixture(scope="module")
 def team_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("team")
-    model = build(tiny_config())
-    ckpt = save_lightning(folder / "last.ckpt", to_team_keys(model.state_dict()))
-    cfg = write_json(folder / "mobile_vla_left_chunk10_20251218.json", training_json())
+    _, ckpt, cfg = write_team_checkpoint(tmp_path_factory.mktemp("team"))
     return ckpt, cfg
 
 
@@ -231,26 +227,10 @@ def test_team_tokenizer_follows_their_server(team_files):
 
 # --- runtime, diagnostics and export --------------------------------------------------------
 
-class _Backend:
-    """A torch policy behind the runtime's backend interface."""
-
-    def __init__(self, loaded):
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.spec = ModelSpec.from_policy_config(loaded.config, loaded.model.feature_dim)
-
-    def infer(self, image, ids, history):
-        with torch.no_grad():
-            f = self.model.encode_frame(torch.from_numpy(image)[None],
-                                        torch.from_numpy(ids)[None])[0]
-            window = torch.cat([torch.from_numpy(history), f[None]]) if len(history) else f[None]
-            h0, c0 = self.model.zero_state(1)
-            return f.numpy(), self.model.decode(window[None], h0, c0)[0][0].numpy()
-
-
 def test_runtime_says_whether_the_command_counts(team_files):
     ckpt, cfg = team_files
-    runtime = PolicyRuntime(_Backend(load_policy(team_source(ckpt, model_config=str(cfg)))),
-                            ActionConfig())
+    loaded = load_policy(team_source(ckpt, model_config=str(cfg)))
+    runtime = PolicyRuntime(LoadedBackend(loaded), ActionConfig())
     assert runtime.spec.token_layout == tl.KOSMOS and runtime.spec.image_tokens == LATENT
     assert tl.BLIND_TEXT in runtime.layout_warning() and "17 ids" in runtime.layout_warning()
     assert runtime.instruction_note() == "n/a (no command)"
@@ -259,7 +239,7 @@ def test_runtime_says_whether_the_command_counts(team_files):
     runtime.set_command(LONG_LEFT)
     assert runtime.instruction_note().startswith("no: partly seen")
     demo = load_policy(ModelSource("tiny"))
-    package = PolicyRuntime(_Backend(demo), ActionConfig())
+    package = PolicyRuntime(LoadedBackend(demo), ActionConfig())
     package.set_command(SHORT_LEFT)
     assert package.layout_warning() == "" and package.instruction_note().startswith("no: sees")
 
@@ -291,8 +271,8 @@ def test_every_layout_exports_to_onnx_with_parity(tmp_path, team_files, layout):
     with pytest.raises(BackendError, match=f"exported with the '{layout}' layout"):
         OnnxBackend(BackendConfig(backend="onnx", model_path=str(out), warmup_iters=0,
                                   token_layout=other)).load()
-    torch_backend = _Backend(load_policy(team_source(ckpt, model_config=str(cfg),
-                                                     token_layout=layout)))
+    torch_backend = LoadedBackend(load_policy(team_source(ckpt, model_config=str(cfg),
+                                                          token_layout=layout)))
     image = RNG.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     for text in (SHORT_LEFT, LONG_LEFT):      # both sides of the image-token count
         ids = backend.tokenizer.encode(text)
