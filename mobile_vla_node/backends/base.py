@@ -95,7 +95,7 @@ class ModelSpec:
                    pc.num_classes, [list(map(float, r)) for r in pc.class_velocities],
                    pc.resize_filter, pc.image_norm,
                    token_layout=pc.token_layout,
-                   image_tokens=int(pc.backbone.get("latent_query_num", 64)))
+                   image_tokens=pc.latent_query_num)
 
 
 def check_encoder_inputs(spec: ModelSpec, image: np.ndarray, text_ids: np.ndarray,

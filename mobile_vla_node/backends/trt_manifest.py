@@ -154,7 +154,9 @@ def text_len_limit(policy_config: dict | None, tokenizer_json: str | None = None
     positions = (backbone.get("text_config") or {}).get("max_position_embeddings")
     # team token layouts size the positional table for max_text_len (the export's own figure)
     if positions and (policy_config or {}).get("token_layout", "package") == "package":
-        latents = int(backbone.get("latent_query_num", 64))
+        from ..model.presets import backbone_latents
+
+        latents = backbone_latents(backbone)
         limits.append(int(positions) - latents - FIXED_PROMPT_TOKENS)
     if tokenizer_json:
         max_tokens = json.loads(tokenizer_json).get("max_tokens")

@@ -268,7 +268,7 @@ class Report:
                  f"tokenizer    : {p.notes.get('tokenizer', 'n/a')}"
                  + (f"; max_text_len {cfg.max_text_len}" + _why(p.notes, "max_text_len")
                     if cfg.token_layout in tl.TEAM_LAYOUTS else "")]
-        latent = int(cfg.backbone.get("latent_query_num", 64))
+        latent = cfg.latent_query_num
         if cfg.token_layout == tl.KOSMOS:
             lines.append(f"instructions : INSTRUCTION-BLIND: {tl.BLIND_TEXT} (the first {latent} "
                          f"prompt positions hold image tokens; every prompt of up to "

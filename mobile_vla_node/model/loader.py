@@ -52,7 +52,7 @@ from .presets import (
 from .team_layouts import HeadLayout, KeyPlan, LayoutError, detect_head, head_dims, plan_keys
 from .token_layouts import KOSMOS, PACKAGE, TEAM_COMMIT, TEAM_LAYOUTS, check_layout
 from .tokenizer import PromptTokenizer, load_tokenizer
-from .training_config import TrainingFacts, load_training_json
+from .training_config import DEFAULT_MAX_TEXT_LEN, TrainingFacts, load_training_json
 
 LOG = logging.getLogger(__name__)
 RANDOM_SEED = 0
@@ -183,9 +183,9 @@ def choose_layout(prep: Prepared, source: ModelSource) -> None:
     else:
         layout, why = PACKAGE, f"preset {cfg.preset!r}: this package's layout"
     if layout in TEAM_LAYOUTS and cfg.max_text_len < 2:
-        changes = {"max_text_len": 256}
+        changes = {"max_text_len": DEFAULT_MAX_TEXT_LEN}
         prep.assumed.append("max_text_len: no training config states tokenizer.max_text_len; "
-                            "256 assumed (set model_config)")
+                            f"{DEFAULT_MAX_TEXT_LEN} assumed (set model_config)")
     else:
         changes = {}
     if layout != cfg.token_layout or changes:

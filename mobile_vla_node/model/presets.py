@@ -22,6 +22,9 @@ from .training_config import (
 )
 
 HEADS = ("regression", "classification")
+# Image tokens per frame when a Kosmos-2 backbone config omits latent_query_num (transformers'
+# Kosmos2Config default).
+LATENT_QUERY_NUM = 64
 
 DEFAULT_PROMPT = "<grounding>An image of a robot {instruction}"
 DEMO_POLICY_DIR = Path(__file__).resolve().parent / "demo_policy"
@@ -123,6 +126,11 @@ class PolicyConfig:
             raise ValueError(f"policy config image_norm={self.image_norm!r} but image_mean/"
                              f"image_std are {self.image_mean}/{self.image_std}; use 'custom'")
 
+    @property
+    def latent_query_num(self) -> int:
+        """Image tokens per frame (the backbone's latent_query_num)."""
+        return backbone_latents(self.backbone)
+
     def to_dict(self) -> dict:
         """Plain dict (JSON-serializable)."""
         return asdict(self)
@@ -139,6 +147,11 @@ class PolicyConfig:
     def save(self, path: Path) -> None:
         """Write as ``config.json``-style JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def backbone_latents(backbone: dict) -> int:
+    """``latent_query_num`` of a Kosmos-2 backbone config dict (`LATENT_QUERY_NUM` if absent)."""
+    return int(backbone.get("latent_query_num", LATENT_QUERY_NUM))
 
 
 def _kosmos2(text: dict, vision: dict, latent_query_num: int) -> dict:

@@ -56,6 +56,8 @@ DATASET_PIPELINES = {
                          "their earlier dataset: ImageNet mean/std, actions / 2.0 (issue 11)"),
 }
 DEFAULT_SPEED = 1.15
+# tokenizer.max_text_len when a training JSON omits it: their H5 dataset's default.
+DEFAULT_MAX_TEXT_LEN = 256
 DIAGONAL = 0.707
 TURN_RATE = 0.5
 
@@ -166,11 +168,11 @@ def read_training_config(data: dict, path: str = "",
         note("max_text_len", f"tokenizer.max_text_len = {text_len!r} (their server pads the "
              "prompt to it)")
     else:
-        put("max_text_len", 256)
-        note("max_text_len", "256 (assumed: their H5 dataset's default)")
-        facts.assumed.append("tokenizer.max_text_len is not in the config: 256 assumed (their "
-                             "dataset's default; their server needs the key). It decides the "
-                             "action token's position")
+        put("max_text_len", DEFAULT_MAX_TEXT_LEN)
+        note("max_text_len", f"{DEFAULT_MAX_TEXT_LEN} (assumed: their H5 dataset's default)")
+        facts.assumed.append("tokenizer.max_text_len is not in the config: "
+                             f"{DEFAULT_MAX_TEXT_LEN} assumed (their dataset's default; their "
+                             "server needs the key). It decides the action token's position")
 
     layout = LAYOUT_BY_NAME.get(facts.head_type)
     if layout is not None:
