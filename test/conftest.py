@@ -52,7 +52,6 @@ LAYERS = {
     "test_bag_humble.py": ("unit",),  # writes small bags with rosbags, no DDS
     "test_bench.py": ("slow",),
     "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
-    "test_cdr.py": ("unit",),  # rclpy serialization only, no DDS
     "test_checkpoint.py": ("unit",),
     "test_checkpoint_cli.py": ("unit",),
     "test_chunks.py": ("unit",),

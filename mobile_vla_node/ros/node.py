@@ -33,7 +33,7 @@ from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
 from ..backends import BackendError, create_backend
-from ..core import cdr, gc_pauses
+from ..core import gc_pauses
 from ..core.commands import CommandFilter
 from ..core.config import PARAMETERS, ConfigError, NodeConfig
 from ..core.control import ChunkMeta, ControlLoop
@@ -114,12 +114,7 @@ class VlaNode(LifecycleNode):
         image_type, image_topic = ((CompressedImage, topics.compressed_image_topic)
                                    if topics.image_transport == "compressed"
                                    else (Image, topics.image_topic))
-        # Serialized frames (core.cdr): no Python message, no copy of the pixels in the executor.
-        self._image_type = image_type
-        self._parse_image = (cdr.parse_compressed_image if image_type is CompressedImage
-                             else cdr.parse_image)
-        self._subscribe(image_type, image_topic, self._on_image_raw, profile("camera"), True,
-                        raw=True)
+        self._subscribe(image_type, image_topic, self._on_image, profile("camera"), True)
         self._subscribe_input("command", String, topics.command_topic, self._on_command)
         self._subscribe_input("enable", Bool, topics.enable_topic, self._on_enable_msg)
         self.create_service(SetBool, "~/enable", self._on_enable_srv)
@@ -174,11 +169,10 @@ class VlaNode(LifecycleNode):
             return deliver
         return lambda msg: deliver(msg, None)
 
-    def _subscribe(self, msg_type, topic: str, callback, qos, report: bool, raw: bool = False):
+    def _subscribe(self, msg_type, topic: str, callback, qos, report: bool):
         """A subscription; its incompatible publishers go to diagnostics and one warning.
 
         Without ``report`` they are ignored quietly (rclpy would otherwise log each one).
-        ``raw``: the callback gets the serialized bytes.
         """
         resolved = []  # the subscription's full topic name, known once it exists
 
@@ -197,8 +191,7 @@ class VlaNode(LifecycleNode):
 
         sub = self.create_subscription(
             msg_type, topic, callback, qos,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible),
-            raw=raw)
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible))
         resolved.append(sub.topic_name)
         if report:
             self._reader_qos[sub.topic_name] = qos
@@ -352,16 +345,6 @@ class VlaNode(LifecycleNode):
         return True
 
     # -- inputs (executor thread: validate, store, return) -----------------------------------
-    def _on_image_raw(self, raw: bytes) -> None:
-        """A serialized camera frame: its fields read in place (core.cdr)."""
-        try:
-            msg = self._parse_image(raw)
-        except cdr.CdrError:  # a layout core.cdr does not read: the ROS deserializer does
-            from rclpy.serialization import deserialize_message
-
-            msg = deserialize_message(raw, self._image_type)
-        self._on_image(msg)
-
     def _on_image(self, msg) -> None:
         stamp = _stamp_s(msg.header.stamp)
         with self._lock:
