@@ -363,14 +363,19 @@ def cmd_bench(args) -> int:
         achieved = [r.time_s / max(r.wall_s, 1e-9) for r in results]
         rates = [r.node.get("control_rate_hz", 0.0) for r in results]
         steps_per_s = [r.node.get("steps", 0) / max(r.time_s, 1e-9) for r in results]
+        received = [r.node.get("frames_received", 0) / max(r.time_s, 1e-9) for r in results]
         row = {"real_time_factor": rtf, "achieved_rtf": round(float(np.mean(achieved)), 3),
                "node_control_rate_hz_sim": round(float(np.mean(rates)), 2),
                "node_steps_per_sim_s": round(float(np.mean(steps_per_s)), 2),
+               "frames_received_per_sim_s": round(float(np.mean(received)), 2),
+               "frames_sent": [r.node.get("frames_sent") for r in results],
+               "frames_dropped_by_node": [r.node.get("frames_dropped") for r in results],
                "camera_hz": cfg.camera_hz, "success": [r.success for r in results]}
         out["rtf"].append(row)
         print(f"rtf {rtf:g}: achieved {row['achieved_rtf']:.2f}, node control "
-              f"{row['node_control_rate_hz_sim']:.1f} Hz and {row['node_steps_per_sim_s']:.1f} "
-              f"steps per sim second (camera {cfg.camera_hz:g} fps)", flush=True)
+              f"{row['node_control_rate_hz_sim']:.1f} Hz, {row['frames_received_per_sim_s']:.1f} "
+              f"frames received and {row['node_steps_per_sim_s']:.1f} steps used per sim second "
+              f"(camera {cfg.camera_hz:g} fps)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"bench JSON: {args.out / 'bench.json'}")

@@ -134,6 +134,16 @@ class NodeProcess:
         return stop_node(self.proc, timeout=15.0)
 
 
+INPUT_COUNTERS = ("frames_received", "frames_dropped")
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _stop_counts(text: str) -> dict:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text or "")}
 
@@ -298,8 +308,10 @@ class ClosedLoop:
         self.prepare(episode)
         judge = Judge(suite, episode)
         timing0 = len(b.timings)
+        sent0 = self.frames_sent
         twists0 = b.twist_count
         counts0 = _stop_counts(b.diag_value("control", "stop_counts", ""))
+        inputs0 = {k2: _int(b.diag_value("inputs", k2)) for k2 in INPUT_COUNTERS}
         zeros = 0
         k = 0
         estopped = False
@@ -339,11 +351,14 @@ class ClosedLoop:
         timings = np.array(b.timings[timing0:], dtype=np.float64).reshape(-1, 4)
         counts1 = _stop_counts(b.diag_value("control", "stop_counts", ""))
         ticks = b.twist_count - twists0
+        sent = self.frames_sent - sent0
         r.node = {
             "ticks": ticks,
             "control_rate_hz": round(ticks / max(r.time_s, 1e-9), 2),
             "steps": int(len(timings)),
             "zero_twists": zeros,
+            "frames_sent": sent,
+            **{k2: _int(b.diag_value("inputs", k2)) - inputs0[k2] for k2 in INPUT_COUNTERS},
             "stops_by_cause": {k2: counts1.get(k2, 0) - counts0.get(k2, 0) for k2 in counts1
                                if counts1.get(k2, 0) - counts0.get(k2, 0) > 0},
         }
