@@ -16,7 +16,7 @@ import sys
 import pytest
 
 BUILD_TIME = ("mobile_vla_node.export", "mobile_vla_node.replay", "mobile_vla_node.bench",
-              "mobile_vla_node.demo", "mobile_vla_node.stress")
+              "mobile_vla_node.demo", "mobile_vla_node.stress", "mobile_vla_node.sim")
 
 CHILD = """
 import json, sys

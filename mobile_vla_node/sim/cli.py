@@ -156,9 +156,23 @@ def _run_policies(args, names: list, suite, episodes, cfg, gif: bool = False,
         keep = frames if gif and not frames else None
         run_cfg = cfg if keep is None else _replace(cfg, frames_out=int(8 * cfg.camera_hz))
         by_policy[pol.label] = run_suite(suite, pol, run_cfg, args.domain, workdir / name,
-                                         episodes, frames=keep)
+                                         episodes, frames=keep,
+                                         node_extra=_node_params(getattr(args, "param", [])))
     by_policy["_frames"] = frames
     return by_policy
+
+
+def _node_params(items: list) -> dict:
+    """``NAME:=VALUE`` node parameters (YAML values: numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise SimError(f"--param {item!r}: expected NAME:=VALUE")
+        out[name] = yaml.safe_load(value) if value else ""
+    return out
 
 
 def _spread(episodes: list, n: int) -> list:
@@ -412,6 +426,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--baseline-episodes", type=int, default=6,
                            help="episodes of the random and zero baselines, spread over the "
                                 "instructions (0: all; they mostly run to the time limit)")
+        s.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                       help="an extra node parameter (repeatable), e.g. model_config:=/m/x.json")
         s.add_argument("--dropout", type=_pair, help="START,DURATION s without camera frames")
         s.add_argument("--estop", type=_pair, help="START,DURATION s of e-stop")
         s.add_argument("--min-success", type=float, default=0.0,
