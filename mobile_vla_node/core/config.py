@@ -220,7 +220,7 @@ class ControlConfig:
                                   "(false: wait for a lifecycle manager)")
     control_thread_priority: int = param(10, "SCHED_FIFO priority of the control thread if the "
                                              "process may set it (0: normal scheduling)", 0, 99)
-    control_gil_lead_ms: float = param(1.0, "the control thread takes Python's GIL this long "
+    control_gil_lead_ms: float = param(0.0, "the control thread takes Python's GIL this long "
                                             "before each tick and keeps it until the tick, so no "
                                             "other thread of the node delays it (steady clock, "
                                             "Linux; 0: off)", 0.0, 10.0)
