@@ -144,6 +144,9 @@ class InferenceBackend(ABC):
     name = "base"
     # True (set by load) when infer_raw resizes and normalizes the camera frame on the device.
     preprocesses_on_device = False
+    # A camera-input export's ``preprocess`` record (onnx_format.camera_input; set by load):
+    # `encode` then takes the camera frame itself, in the export's camera order.
+    camera: dict | None = None
 
     def __init__(self, config):
         self.config = config
@@ -174,16 +177,30 @@ class InferenceBackend(ABC):
 
     def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
                   channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """`infer` on a decoded RGB uint8 (H, W, 3) frame of any size (resized here on the CPU)."""
+        """`infer` on a decoded uint8 (H, W, 3) camera frame in ``channel_order``.
+
+        A model-size model gets it resized here on the CPU; a camera-input export (``camera``)
+        gets the frame itself, size-checked and swapped only where its graph does not swap.
+        """
+        if self.camera is not None:
+            from .onnx_format import camera_frame
+
+            return self.infer(camera_frame(self.camera, rgb, channel_order), text_ids, history)
         from ..core.preprocess import to_model_input
 
         return self.infer(to_model_input(rgb, self.spec.image_size, channel_order,
                                          self.spec.resize_filter), text_ids, history)
 
     def warmup(self, iters: int = 3) -> None:
-        """Run the full step on dummy inputs (allocations, kernel selection, lazy init)."""
-        size = self.spec.image_size
-        image = np.zeros((size, size, 3), np.uint8)
+        """Run the full step on dummy inputs (allocations, kernel selection, lazy init).
+
+        A camera-input export is warmed up with a camera-size frame.
+        """
+        if self.camera is not None:
+            width, height = self.camera["camera_size"]
+        else:
+            width = height = self.spec.image_size
+        image = np.zeros((height, width, 3), np.uint8)
         ids = self.tokenizer.encode("warm up")
         history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
         for _ in range(iters):

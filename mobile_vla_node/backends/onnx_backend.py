@@ -234,33 +234,6 @@ class OnnxBackend(InferenceBackend):
                              f"most {self.max_text_len} (its positional table is fixed)")
         return self._run_encoder(frame[None], ids)
 
-    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
-                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """The camera frame -> (feature, actions).
-
-        ``channel_order`` "bgr": the frame's channels must be swapped for the model. A
-        model-size export resizes on the CPU first.
-        """
-        if self.camera is None:
-            return super().infer_raw(rgb, text_ids, history, channel_order)
-        frame = camera_frame(self.camera, rgb, channel_order)
-        feature = self._encode_frame(frame, text_ids)
-        window = feature[None]
-        if len(history):
-            window = np.concatenate([history, window], axis=0)
-        return feature, self.decode(window)
-
-    def warmup(self, iters: int = 3) -> None:
-        """The full step on dummy inputs; a camera-input export with a camera-size frame."""
-        if self.camera is None:
-            return super().warmup(iters)
-        width, height = self.camera["camera_size"]
-        frame = np.zeros((height, width, 3), np.uint8)
-        ids = self.tokenizer.encode("warm up")
-        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
-        for _ in range(iters):
-            self.infer_raw(frame, ids, history)
-
     def _run_encoder(self, image: np.ndarray, ids: np.ndarray) -> np.ndarray:
         feeds = {"image": image, "text_ids": ids}
         binding = self._bind.get("encoder")

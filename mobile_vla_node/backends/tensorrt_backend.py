@@ -625,28 +625,6 @@ class TensorRTBackend(InferenceBackend):
         (feature,) = enc.fetch("feature")
         return feature.reshape(-1).astype(np.float32, copy=False)
 
-    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
-                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """The camera frame -> (feature, actions); ``channel_order`` "bgr": swap its channels.
-
-        A model-size engine resizes on the CPU first (the base class's behaviour).
-        """
-        if self.camera is None:
-            return super().infer_raw(rgb, text_ids, history, channel_order)
-        from .onnx_format import camera_frame
-
-        return self.infer(camera_frame(self.camera, rgb, channel_order), text_ids, history)
-
-    def warmup(self, iters: int = 3) -> None:
-        """The full step on dummy inputs (camera-input engines: a camera-size frame)."""
-        if self.camera is None:
-            return super().warmup(iters)
-        width, height = self.camera["camera_size"]
-        ids = self.tokenizer.encode("warm up")
-        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
-        for _ in range(iters):
-            self.infer(np.zeros((height, width, 3), np.uint8), ids, history)
-
     def decode(self, features: np.ndarray) -> np.ndarray:
         """float32 (T, D) -> float32 (chunk, action_dim); zero LSTM state."""
         self.cuda.use_device()

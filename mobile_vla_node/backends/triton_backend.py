@@ -498,27 +498,6 @@ class TritonBackend(InferenceBackend):
 
         return self._guarded(work)
 
-    def infer_raw(self, rgb: np.ndarray, text_ids: np.ndarray, history: np.ndarray,
-                  channel_order: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """The camera frame -> (feature, actions); a camera-input model resizes it on the server.
-
-        ``channel_order`` "bgr": swap the frame's channels. A model-size model gets the frame
-        resized on the CPU first (the base class's behaviour).
-        """
-        if self.camera is None:
-            return super().infer_raw(rgb, text_ids, history, channel_order)
-        return self.infer(camera_frame(self.camera, rgb, channel_order), text_ids, history)
-
-    def warmup(self, iters: int = 3) -> None:
-        """The full step on dummy inputs (a camera-input model: a camera-size frame)."""
-        if self.camera is None:
-            return super().warmup(iters)
-        width, height = self.camera["camera_size"]
-        ids = self.tokenizer.encode("warm up")
-        history = np.zeros((self.spec.window_size - 1, self.spec.feature_dim), np.float32)
-        for _ in range(iters):
-            self.infer(np.zeros((height, width, 3), np.uint8), ids, history)
-
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
         """uint8 (S, S, 3) + int64 (L,) -> float32 (D,) from the server's encoder model.
 
