@@ -1,34 +1,18 @@
 """Test session set-up: DDS stays on loopback, in two domains of this run's own."""
 
-import fcntl
 import os
-import tempfile
 
-from mobile_vla_node.ros.process import set_dds_env
-
-# Domains 1..101 only (higher ids map onto Linux ephemeral ports and can clash); 54 and 77 are
-# the defaults of vla_stress and the demo.
-FREE_DOMAINS = [d for d in range(1, 102) if d not in (54, 77)]
-_domain_locks = []
+from mobile_vla_node.ros.process import reserve_domain, set_dds_env
 
 
+# Domains 1..101 only (higher ids map onto Linux ephemeral ports and can clash), never 54 or 77
+# (the defaults of vla_stress and the demo).
 def _reserve_domain(skip=()) -> int:
-    """A domain no other test run on this machine holds (a lock file, kept until exit)."""
-    start = os.getpid() % len(FREE_DOMAINS)
-    for i in range(len(FREE_DOMAINS)):
-        domain = FREE_DOMAINS[(start + i) % len(FREE_DOMAINS)]
-        if domain in skip:
-            continue
-        path = os.path.join(tempfile.gettempdir(), f"mobile_vla_node_test_domain_{domain}.lock")
-        handle = open(path, "w")  # noqa: SIM115 - held for the life of the test run
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _domain_locks.append(handle)
-        return domain
-    raise RuntimeError("no free ROS domain for this test run")
+    """A domain no other test run on this machine holds (ros/process.py reserve_domain)."""
+    domain = reserve_domain(skip)
+    if domain is None:
+        raise RuntimeError("no free ROS domain for this test run")
+    return domain
 
 
 # Two runs of the suite side by side never share a domain; a CI job may pin the first.

@@ -171,6 +171,36 @@ def loopback_env(domain: int | str = 77, apply: bool = True) -> dict:
     return env
 
 
+# Domains the demos and vla_stress use by default; a reserved domain is never one of them.
+SHARED_DOMAINS = (54, 77)
+_domain_locks: list = []
+
+
+def reserve_domain(skip=()) -> int | None:
+    """A ROS domain (1..101) no other test run or sim on this machine holds, else None.
+
+    Held through a lock file in the temp folder for the life of this process; the tests
+    (test/conftest.py) and `vla_sim` share the files, so they never cross-talk.
+    """
+    import fcntl
+    import tempfile
+
+    free = [d for d in range(1, 102) if d not in SHARED_DOMAINS and d not in skip]
+    start = os.getpid() % len(free)
+    for i in range(len(free)):
+        domain = free[(start + i) % len(free)]
+        path = os.path.join(tempfile.gettempdir(), f"mobile_vla_node_test_domain_{domain}.lock")
+        handle = open(path, "w")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _domain_locks.append(handle)
+        return domain
+    return None
+
+
 def stop_node(proc, timeout: float = 10.0) -> int:
     """Stop a node process like Ctrl-C does (it publishes zeros first); kill it if it hangs."""
     import signal

@@ -460,29 +460,14 @@ def export_onnx(folder: Path, workdir: Path) -> Path:
     return out
 
 
-_DOMAIN_LOCKS: list = []
-
-
 def reserve_domain() -> int:
-    """A ROS domain no test run or other sim holds (the tests' lock files, test/conftest.py)."""
-    import fcntl
-    import os
+    """A ROS domain no test run or other sim holds (ros/process.py reserve_domain)."""
+    from ..ros.process import reserve_domain as reserve
 
-    start = os.getpid() % 100
-    for i in range(100):
-        domain = 1 + (start + i) % 101
-        if domain in (54, 77):  # vla_stress and the demo
-            continue
-        path = Path(tempfile.gettempdir()) / f"mobile_vla_node_test_domain_{domain}.lock"
-        handle = open(path, "w")  # noqa: SIM115 - held for the life of the process
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _DOMAIN_LOCKS.append(handle)
-        return domain
-    raise SimError("no free ROS domain (1..101) on this machine")
+    domain = reserve()
+    if domain is None:
+        raise SimError("no free ROS domain (1..101) on this machine")
+    return domain
 
 
 def sim_env(domain: int | None = None) -> dict:
