@@ -289,7 +289,14 @@ def test_node_mode_null_backend(tmp_path):
         check_stats(run["stages_ms"][stage], run["steps"])
     diag = run["jitter"]["node_diagnostics"]
     assert isinstance(diag["jitter_p99_ms"], float) and diag["control_rate_hz"] > 0
-    for where in ("twist_arrival", "twist_arrival_probe"):  # the bench and the bare subscriber
+    # the bench, the bare subscriber's callback, its middleware's reception stamps (rclpy with
+    # MessageInfo callbacks: Jazzy, Kilted)
+    from rclpy.subscription import Subscription
+
+    wheres = ["twist_arrival", "twist_arrival_probe"]
+    if hasattr(Subscription, "CallbackType"):
+        wheres.append("twist_reception_probe")
+    for where in wheres:
         twist = run["jitter"][where]
         assert twist["twists"] >= 2, where
         check_stats(twist["deviation_ms"], twist["twists"] - 1)
@@ -324,5 +331,27 @@ def test_bare_subscriber_figures_use_the_measured_window():
     assert twist["twists"] == 5 and twist["misses_over_1_5_periods"] == 1
     assert twist["interval_ms"]["max"] == pytest.approx(45.0)
     assert twist["deviation_ms"]["max"] == pytest.approx(25.0)
+    assert out["twist_reception_probe"]["twists"] == 0   # no reception stamps in this record
     empty = probe_figures({"frames": [], "twists": []}, 10.0, 11.0, 50.0, 6.0)
     assert empty["bare_transport"]["frames"] == 0 and empty["overhead_ratio"] is None
+
+
+def test_twist_reception_jitter_uses_the_middleware_stamps():
+    from mobile_vla_node.bench.node_mode import probe_figures
+    from mobile_vla_node.bench.render import twist_arrival_p99
+
+    # callbacks late and bunched (monotonic), reception stamps every 20 ms but one 30 ms gap;
+    # the first and last are outside the window [10, 11] by their callback time
+    mono = [9.9, 10.01, 10.05, 10.051, 10.052, 10.09, 11.2]
+    received = [100.0, 100.02, 100.04, 100.06, 100.09, 100.11, 100.13]
+    pairs = list(zip(mono, received, strict=True))
+    record = {"frames": [], "twists": mono, "twists_received": pairs}
+    out = probe_figures(record, 10.0, 11.0, 50.0, None)
+    rec = out["twist_reception_probe"]
+    assert rec["twists"] == 5 and rec["interval_ms"]["max"] == pytest.approx(30.0)
+    assert rec["deviation_ms"]["max"] == pytest.approx(10.0)
+    assert out["twist_arrival_probe"]["deviation_ms"]["max"] > 15.0   # the callbacks' own delay
+    run = {"jitter": out}
+    assert twist_arrival_p99(run) == rec["deviation_ms"]["p99"]
+    run["jitter"] = {"twist_arrival_probe": out["twist_arrival_probe"]}   # Humble: no stamps
+    assert twist_arrival_p99(run) == out["twist_arrival_probe"]["deviation_ms"]["p99"]

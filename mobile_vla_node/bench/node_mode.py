@@ -12,8 +12,10 @@ publisher here. Two sources of figures, kept apart in the output:
 * control-timer jitter three times: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its
   tick times, from /diagnostics); ``twist_arrival_probe`` is |interval - period| of /cmd_vel
   arrivals at the bare subscriber (below), which adds DDS delivery: what a subscriber that does
-  nothing else sees; ``twist_arrival`` is the same at this process, which also publishes the
-  frames (an upper bound).
+  nothing else sees; ``twist_reception_probe`` is the same from the middleware's reception
+  stamps there (the sample's arrival, before that subscriber's executor: the figure the Twist
+  arrival target is judged on); ``twist_arrival`` is the same at this process, which also
+  publishes the frames (an upper bound).
 * a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
   receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
   ``overhead_ratio`` = the node's overhead p99 / that transport p99.
@@ -283,7 +285,29 @@ def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: flo
             "deviation_ms": summarize(np.abs(intervals - period_ms)),
             "interval_ms": summarize(intervals),
             "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
-            "twists": int(twists.size)}}
+            "twists": int(twists.size)},
+        "twist_reception_probe": _reception_jitter(record.get("twists_received", []),
+                                                   mono_start, mono_end, period_ms)}
+
+
+def _reception_jitter(received: list, mono_start: float, mono_end: float,
+                      period_ms: float) -> dict:
+    """|interval - period| of the middleware's reception stamps of /cmd_vel at the bare subscriber.
+
+    Fast DDS stamps a sample when its receive thread takes it from the socket, before the
+    subscriber's Python runs: arrival over the network stack, free of the measuring executor.
+    """
+    stamps = np.array([r for mono, r in received if mono_start <= mono <= mono_end])
+    source = ("/cmd_vel reception stamps of the middleware at the bare subscriber "
+              "(MessageInfo received_timestamp, before its executor)")
+    if stamps.size < 3:
+        return {"source": source, "deviation_ms": {}, "twists": int(stamps.size),
+                "note": "no reception stamps (rclpy without MessageInfo callbacks)"}
+    intervals = np.diff(stamps) * 1e3
+    return {"source": source, "deviation_ms": summarize(np.abs(intervals - period_ms)),
+            "interval_ms": summarize(intervals),
+            "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
+            "twists": int(stamps.size)}
 
 
 def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dict:
@@ -368,6 +392,7 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         bare = probe_figures(probe.collect(), mono_start, mono_end, rate_hz,
                              result["stages_ms"]["overhead"].get("p99"))
         result["jitter"]["twist_arrival_probe"] = bare.pop("twist_arrival_probe")
+        result["jitter"]["twist_reception_probe"] = bare.pop("twist_reception_probe")
         result.update(bare)
         busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         received = result["node_counters"]["frames_received"]

@@ -7,13 +7,19 @@ subscriber cost here, and the node's overhead is stated as a ratio to it.
 
 * camera frames: transport = receive time - header stamp, on ROS time like the node's own;
 * ``/cmd_vel``: arrival times, the Twist jitter a subscriber that does nothing else sees (the bench
-  process publishes ~28 MB/s of frames, which delays its own receipt of the Twists).
+  process publishes ~28 MB/s of frames, which delays its own receipt of the Twists). Two clocks
+  per Twist: the callback's ``time.monotonic()`` (after this process's executor) and, where
+  rclpy passes a ``MessageInfo`` (``Subscription.CallbackType``, rclpy >= Iron), its
+  ``received_timestamp``: when the middleware received the sample (Fast DDS: its reception
+  timestamp, taken in the DDS receive thread, before any Python of this process runs).
 
 Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC``; it prints
 ``ready`` once a Twist from the node arrived (discovery is done), and at end of stdin (the bench
 closes the pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
-"twists": [monotonic_s, ...]}``. Times are ``time.monotonic()`` (CLOCK_MONOTONIC on Linux: one
-clock for all processes), so the bench selects the same window it measured.
+"twists": [monotonic_s, ...], "twists_received": [[monotonic_s, received_s], ...]}``
+(``twists_received`` empty without MessageInfo). Times are ``time.monotonic()``
+(CLOCK_MONOTONIC on Linux: one clock for all processes), so the bench selects the same window it
+measured.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ def main(argv=None) -> int:
     import rclpy
     from geometry_msgs.msg import Twist
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.subscription import Subscription
     from sensor_msgs.msg import Image
 
     from ..ros.qos import profile
@@ -47,14 +54,24 @@ def main(argv=None) -> int:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         frames.append((mono, stamp, (now - stamp) * 1e3))
 
-    def on_twist(_msg) -> None:
-        twists.append(time.monotonic())
+    received: list = []
+
+    def on_twist(_msg, info) -> None:   # two parameters: rclpy then passes MessageInfo
+        mono = time.monotonic()
+        twists.append(mono)
+        stamp = info.get("received_timestamp") if info is not None else None
+        if stamp:   # 0 where the middleware does not fill it
+            received.append((mono, stamp * 1e-9))
         if not ready.is_set():
             ready.set()
             print("ready", flush=True)
 
     node.create_subscription(Image, image_topic, on_image, profile("camera"))
-    node.create_subscription(Twist, cmd_vel_topic, on_twist, profile("record"))
+    # rclpy without MessageInfo callbacks (Humble) gets a one-argument callback
+    with_info = hasattr(Subscription, "CallbackType")
+    node.create_subscription(Twist, cmd_vel_topic,
+                             on_twist if with_info else (lambda msg: on_twist(msg, None)),
+                             profile("record"))
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     done = threading.Event()
@@ -68,7 +85,8 @@ def main(argv=None) -> int:
         while not done.is_set() and context.ok():
             executor.spin_once(timeout_sec=0.1)
     finally:
-        print(json.dumps({"frames": frames, "twists": twists}), flush=True)
+        print(json.dumps({"frames": frames, "twists": twists, "twists_received": received}),
+              flush=True)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0

@@ -26,7 +26,8 @@ still needs the interpreter lock, and the node's other threads hold it (the exec
 5 ms p99 jitter. So the control thread
 
 * lowers the switch interval to `SWITCH_INTERVAL_S` for the process (a waiting thread asks after
-  0.5 ms), and
+  0.1 ms; 0.5 ms gave node jitter p99 1.2-2.7 ms in `vla_bench --mode node`, 0.1 ms 0.2-1.1 ms,
+  same machine and hour, node CPU unchanged: docs/BENCHMARKS.md), and
 * in steady mode takes the GIL ``gil_lead_s`` before each deadline and sleeps out the rest of it
   in C *holding* the GIL (``clock_nanosleep`` through ``ctypes.PyDLL``, which does not release
   it): at the deadline nothing of the node's Python can be in the way. Other threads lose at most
@@ -49,7 +50,7 @@ from ..core.ticks import TickSchedule
 
 ZERO = np.zeros(3)
 # The process-wide GIL switch interval while a control thread runs (CPython default 5 ms).
-SWITCH_INTERVAL_S = 5e-4
+SWITCH_INTERVAL_S = 1e-4
 _CLOCK_MONOTONIC, _TIMER_ABSTIME, _EINTR = 1, 1, 4
 PR_SET_NAME = 15
 
