@@ -200,6 +200,34 @@ def test_null_backend_shapes(preset, dim, window, chunk, action_dim):
     assert any("zero actions" in w for w in info.warnings)
 
 
+@pytest.mark.parametrize("device_preprocess", [True, False])
+def test_null_backend_takes_the_camera_frame_unless_told(device_preprocess, monkeypatch):
+    """device_preprocess (default): the frame reaches the backend as received, like a
+    camera-input graph; false: the runtime's CPU resize makes it model-size first."""
+    from mobile_vla_node.core.config import ActionConfig
+    from mobile_vla_node.core.runtime import PolicyRuntime
+
+    backend = create_backend(BackendConfig(backend="null", model_preset="tiny",
+                                           device_preprocess=device_preprocess))
+    backend.load()
+    seen = []
+    encode = backend.encode
+    monkeypatch.setattr(backend, "encode", lambda image, ids: seen.append(image) or
+                        encode(image, ids))
+    runtime = PolicyRuntime(backend, ActionConfig())
+    runtime.set_command(COMMAND)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    result = runtime.step(frame)
+    assert backend.preprocesses_on_device is device_preprocess
+    size = backend.spec.image_size
+    if device_preprocess:
+        assert seen[0] is frame   # the frame itself: no resize, no copy
+    else:
+        assert seen[0].shape == (size, size, 3)
+    assert result is not None and not result.velocities.any()
+    assert ("camera-input" in backend.describe().extra["preprocess"]) is device_preprocess
+
+
 # -- the base class ------------------------------------------------------------------------------
 
 class RecordingBackend(InferenceBackend):

@@ -116,9 +116,10 @@ class BackendConfig:
     cuda_graph: bool = param(False, "replay CUDA graphs: TensorRT's full-window step; torch on "
                                     "CUDA: encoder per prompt length and window step per length "
                                     "(unavailable on cpu, reported)")
-    device_preprocess: bool = param(True, "torch on CUDA: resize the camera frame on the GPU "
-                                          "(PIL-matching within 2 uint8 levels); false: PIL on "
-                                          "the CPU")
+    device_preprocess: bool = param(True, "torch on CUDA: resize the camera frame in the "
+                                          "encoder on the GPU (PIL's tables, bit-exact); null: "
+                                          "take the camera frame as a camera-input graph does; "
+                                          "false: the runtime's CPU resize (cpu_resize)")
     triton_url: str = param("localhost:8001", "Triton gRPC endpoint host:port (backend triton)")
     triton_model: str = param("mobile_vla", "Triton model name prefix: serves NAME_encoder and "
                                             "NAME_step (vla_export triton)")
