@@ -142,6 +142,25 @@ def test_bad_arguments_are_named():
                           "--warmup", "0", "--json", "x.json"])
 
 
+def test_camera_input_exports_take_the_node_mode_frame(tmp_path, monkeypatch):
+    from mobile_vla_node.bench import cli as bench_cli
+
+    base = ["--preset", "tiny", "--backends", "null,onnx", "--iters", "1", "--warmup", "0",
+            "--json", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit):   # frames of node mode only
+        bench.parse_args([*base, "--mode", "pipeline", "--camera-input"])
+    with pytest.raises(SystemExit):   # it exports its own models
+        bench.parse_args([*base, "--mode", "node", "--camera-input", "--onnx-path", "m.onnx"])
+    ran = []
+    monkeypatch.setattr(bench_cli, "_run_tool", lambda cmd, what, log: ran.append(cmd) or 1.0)
+    for camera in (False, True):
+        args = bench.parse_args([*base, "--mode", "node"] + (["--camera-input"] * camera))
+        bench_cli.prepare_models(args, tmp_path)
+        assert ("--camera-size" in ran[-1]) is camera
+        if camera:
+            assert ran[-1][ran[-1].index("--camera-size") + 1] == "640x480"
+
+
 def test_child_peak_rss_is_its_own_not_the_parents():
     """ru_maxrss survives execve on Linux; the child must report its own high-water mark."""
     ballast = np.ones(400 * 2**20 // 8)  # this (parent) process now peaks above 400 MB

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflops", type=float, help="user-given dense peak at --precision, TFLOPS")
     p.add_argument("--allow-mixed-devices", action="store_true",
                    help="compare anyway when backends run on different devices (rows marked)")
+    p.add_argument("--camera-input", action="store_true",
+                   help="node mode: preprocessing in the graph: exports take the 640x480 camera "
+                        "frame (vla_export --camera-size) and the null backend takes it as "
+                        "received; default: model-size graphs, the node resizes on the CPU")
     p.add_argument("--onnx-path", type=Path, help="existing export NAME.onnx (else exported)")
     p.add_argument("--engine-path", type=Path, help="existing TensorRT FILE.engine (else built "
                    "from the ONNX export)")
@@ -158,6 +162,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--device {args.device!r} must be cpu, cuda or cuda:N")
     if args.mode != "node" and "null" in args.backends and len(args.backends) == 1:
         parser.error("backend null has no model; use it with --mode node (or beside others)")
+    if args.camera_input and args.mode != "node":
+        parser.error("--camera-input is a node-mode option (its frames are 640x480)")
+    if args.camera_input and (args.onnx_path or args.engine_path):
+        parser.error("--camera-input exports its own camera-input models; drop --onnx-path / "
+                     "--engine-path")
     if args.precision == "bf16" and {"onnx", "tensorrt"} & set(args.backends):
         parser.error("--precision bf16: ONNX exports and TensorRT engines are fp32 or fp16")
     try:
@@ -218,6 +227,10 @@ def _export_onnx(args, path: Path, fp16: bool) -> dict:
            "--preset", args.preset, "--parity-cases", "1"]
     cmd += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else []
     cmd += ["--fp16"] if fp16 else []
+    if getattr(args, "camera_input", False):
+        from .node_mode import HEIGHT, WIDTH
+
+        cmd += ["--camera-size", f"{WIDTH}x{HEIGHT}"]
     seconds = _run_tool(cmd, "ONNX export", path.with_suffix(".log"))
     return {"path": str(path), "seconds": seconds, "command": " ".join(cmd),
             "note": "wall time of the export CLI: Python start-up, model build, export, checker "
@@ -371,6 +384,7 @@ def _main(args, argv: list[str]) -> int:
                     "precision": args.precision, "requested_device": args.device,
                     "iters": args.iters, "warmup": args.warmup, "prompt": PROMPT,
                     "backend_params": args.backend_params,
+                    "camera_input": bool(getattr(args, "camera_input", False)),
                     "control_rates_hz": args.rates, "environment": environment(argv)}
     with tempfile.TemporaryDirectory(prefix="vla_bench_") as tmp:
         workdir = Path(tmp)
@@ -438,6 +452,8 @@ def run_node_mode(args, workdir: Path) -> dict:
                "precision": args.precision, "model_path": model_path(args, backend),
                "iters": args.iters, "warmup": args.warmup, "seed": 0,
                "extra_params": args.node_params}
+        if backend == "null":   # the same preprocessing as the models it is compared with
+            job["extra_params"] = {"device_preprocess": args.camera_input} | args.node_params
         runs = {}
         for rate in args.rates:
             print(f"[vla_bench] node with {backend} at {rate:g} Hz ...", file=sys.stderr,

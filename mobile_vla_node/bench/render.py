@@ -288,6 +288,11 @@ def markdown_report(report: dict) -> str:
              "memory ms", "compute ms", "bound ms", "measured p50 ms", "measured/bound",
              "model", "ran on"], _limit_rows(report)))
     if report["mode"] == "node":
+        out += ["", "Preprocessing: " + (
+            "in the graph (--camera-input): the node hands the 640x480 frame to the model "
+            "as received; the resize is inside inference" if report.get("camera_input") else
+            "model-size graphs: the node resizes each frame on the CPU (preprocess); "
+            "--camera-input moves the resize into the graph")]
         out += ["", f"Targets: node overhead (transport + preprocess) p99 <= "
                     f"{OVERHEAD_RATIO_TARGET:g} x the bare subscriber's transport p99 (same "
                     f"frames, same run); control jitter p99 <= {JITTER_TARGET_MS:g} ms (node's "
