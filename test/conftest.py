@@ -36,6 +36,8 @@ LAYERS = {
     "test_bag_humble.py": ("unit",),  # writes small bags with rosbags, no DDS
     "test_bench.py": ("slow",),
     "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
+    "test_bench.py::test_node_mode_frames_in_every_encoding": ("ros",),  # rclpy, no node
+    "test_bench.py::test_twist_reception_jitter_uses_the_middleware_stamps": ("unit",),
     "test_checkpoint.py": ("unit",),
     "test_checkpoint_cli.py": ("unit",),
     "test_chunks.py": ("unit",),

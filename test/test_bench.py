@@ -161,6 +161,37 @@ def test_camera_input_exports_take_the_node_mode_frame(tmp_path, monkeypatch):
             assert ran[-1][ran[-1].index("--camera-size") + 1] == "640x480"
 
 
+def test_node_mode_frames_in_every_encoding(monkeypatch):
+    import cv2
+
+    from mobile_vla_node.bench import node_mode
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", os.environ.get("VLA_TEST_OTHER_DOMAIN", "0"))
+    for encoding in node_mode.IMAGE_ENCODINGS:
+        driver = node_mode.Driver(encoding)
+        try:
+            msgs = driver.image_messages(np.random.default_rng(0))
+            topic = driver.image_pub.topic_name
+        finally:
+            driver.close()
+        if encoding == "jpeg":
+            assert topic == node_mode.COMPRESSED_TOPIC
+            frame = cv2.imdecode(np.frombuffer(bytes(msgs[0].data), np.uint8), cv2.IMREAD_COLOR)
+            assert frame.shape == (node_mode.HEIGHT, node_mode.WIDTH, 3)
+            assert msgs[0].format == "jpeg" and len(msgs[0].data) < 200_000   # not noise
+        else:
+            assert topic == node_mode.RAW_TOPIC
+            assert msgs[0].encoding == encoding and len(msgs[0].data) == 640 * 480 * 3
+        job = {"backend": "null", "preset": "tiny", "device": "cpu", "precision": "fp32",
+               "image_encoding": encoding}
+        params = node_mode.node_params(job, 50.0, 100)
+        assert (params.get("image_transport") == "compressed") is (encoding == "jpeg")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--preset", "tiny", "--backends", "torch", "--mode", "model",
+                          "--iters", "1", "--warmup", "0", "--json", "x.json",
+                          "--image-encoding", "jpeg"])
+
+
 def test_child_peak_rss_is_its_own_not_the_parents():
     """ru_maxrss survives execve on Linux; the child must report its own high-water mark."""
     ballast = np.ones(400 * 2**20 // 8)  # this (parent) process now peaks above 400 MB

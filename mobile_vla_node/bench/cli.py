@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflops", type=float, help="user-given dense peak at --precision, TFLOPS")
     p.add_argument("--allow-mixed-devices", action="store_true",
                    help="compare anyway when backends run on different devices (rows marked)")
+    p.add_argument("--image-encoding", choices=("rgb8", "bgr8", "jpeg"), default="rgb8",
+                   help="node mode: the 640x480 frames sent: rgb8 or bgr8 sensor_msgs/Image, or "
+                        "jpeg (quality 90) sensor_msgs/CompressedImage on the compressed topic "
+                        "(the node then runs with image_transport compressed)")
     p.add_argument("--camera-input", action="store_true",
                    help="node mode: preprocessing in the graph: exports take the 640x480 camera "
                         "frame (vla_export --camera-size) and the null backend takes it as "
@@ -162,6 +166,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--device {args.device!r} must be cpu, cuda or cuda:N")
     if args.mode != "node" and "null" in args.backends and len(args.backends) == 1:
         parser.error("backend null has no model; use it with --mode node (or beside others)")
+    if args.image_encoding != "rgb8" and args.mode != "node":
+        parser.error("--image-encoding is a node-mode option")
     if args.camera_input and args.mode != "node":
         parser.error("--camera-input is a node-mode option (its frames are 640x480)")
     if args.camera_input and (args.onnx_path or args.engine_path):
@@ -385,6 +391,7 @@ def _main(args, argv: list[str]) -> int:
                     "iters": args.iters, "warmup": args.warmup, "prompt": PROMPT,
                     "backend_params": args.backend_params,
                     "camera_input": bool(getattr(args, "camera_input", False)),
+                    "image_encoding": getattr(args, "image_encoding", "rgb8"),
                     "control_rates_hz": args.rates, "environment": environment(argv)}
     with tempfile.TemporaryDirectory(prefix="vla_bench_") as tmp:
         workdir = Path(tmp)
@@ -451,7 +458,7 @@ def run_node_mode(args, workdir: Path) -> dict:
         job = {"backend": backend, "preset": args.preset, "device": args.device,
                "precision": args.precision, "model_path": model_path(args, backend),
                "iters": args.iters, "warmup": args.warmup, "seed": 0,
-               "extra_params": args.node_params}
+               "extra_params": args.node_params, "image_encoding": args.image_encoding}
         if backend == "null":   # the same preprocessing as the models it is compared with
             job["extra_params"] = {"device_preprocess": args.camera_input} | args.node_params
         runs = {}

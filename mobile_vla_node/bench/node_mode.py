@@ -1,8 +1,9 @@
 """`vla_bench --mode node`: the real node in its own process, fed over DDS by this process.
 
 The node (``python -m mobile_vla_node.ros.main``) runs with the chosen backend (``null`` for
-overhead alone) and receives 640x480 rgb8 ``sensor_msgs/Image`` at a fixed rate from a
-publisher here. Two sources of figures, kept apart in the output:
+overhead alone) and receives 640x480 frames at a fixed rate from a publisher here: rgb8 (the
+default) or bgr8 ``sensor_msgs/Image``, or JPEG ``sensor_msgs/CompressedImage`` on the compressed
+topic (``--image-encoding``). Two sources of figures, kept apart in the output:
 
 * the node's own ``~/step_timing`` per step: transport (image stamp -> node callback), preprocess
   (decode + resize), inference, end-to-end (stamp -> first Twist using that step). Here
@@ -41,6 +42,10 @@ from .child import PROMPT as COMMAND
 from .environment import vm_hwm_mb
 
 WIDTH, HEIGHT = 640, 480
+# --image-encoding: raw frames on the camera topic, JPEG on its compressed topic
+IMAGE_ENCODINGS = ("rgb8", "bgr8", "jpeg")
+RAW_TOPIC, COMPRESSED_TOPIC = "/camera/image_raw", "/camera/image_raw/compressed"
+JPEG_QUALITY = 90
 N_FRAMES = 4
 DIAG_PERIOD_S = 0.25
 TIMING_TOPIC = "/vla_node/step_timing"
@@ -71,6 +76,8 @@ def node_params(job: dict, rate_hz: float, window: int) -> dict:
     if job["device"].startswith("cuda"):
         params["providers"] = "[CUDAExecutionProvider,CPUExecutionProvider]"
         params["allow_provider_fallback"] = True
+    if job.get("image_encoding") == "jpeg":
+        params["image_transport"] = "compressed"
     params.update(job.get("extra_params") or {})
     return params
 
@@ -99,7 +106,7 @@ def start_node(params: dict, log_path: Path, env: dict) -> subprocess.Popen:
 class Driver:
     """The bench process's rclpy side: image/command publishers and output recorders."""
 
-    def __init__(self):
+    def __init__(self, encoding: str = "rgb8"):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
@@ -110,7 +117,14 @@ class Driver:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("vla_bench_driver", context=self.context)
-        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", profile("camera"))
+        self.encoding = encoding
+        if encoding == "jpeg":
+            from sensor_msgs.msg import CompressedImage
+
+            self.image_pub = self.node.create_publisher(CompressedImage, COMPRESSED_TOPIC,
+                                                        profile("camera"))
+        else:
+            self.image_pub = self.node.create_publisher(Image, RAW_TOPIC, profile("camera"))
         self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
         self.lock = threading.Lock()
         self.twists: list[float] = []
@@ -151,14 +165,27 @@ class Driver:
             self.diags.append((now, statuses))
 
     def image_messages(self, rng: np.random.Generator) -> list:
-        """A few distinct 640x480 rgb8 frames, built once (only the stamp changes per send)."""
-        from sensor_msgs.msg import Image
+        """A few distinct 640x480 frames, built once (only the stamp changes per send).
+
+        rgb8 / bgr8: random pixels. jpeg: smooth random scenes (random 40x30 pixels upscaled
+        bicubically, so the JPEG is the size of a camera's, not of noise) at quality 90.
+        """
+        from sensor_msgs.msg import CompressedImage, Image
 
         msgs = []
         for _ in range(N_FRAMES):
-            msg = Image()
-            msg.height, msg.width, msg.encoding, msg.step = HEIGHT, WIDTH, "rgb8", WIDTH * 3
-            msg.data = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8).tobytes()
+            if self.encoding == "jpeg":
+                import cv2
+
+                small = rng.integers(0, 256, (HEIGHT // 16, WIDTH // 16, 3), dtype=np.uint8)
+                frame = cv2.resize(small, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+                ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                msg = CompressedImage(format="jpeg", data=jpeg.tobytes())
+            else:
+                msg = Image()
+                msg.height, msg.width, msg.step = HEIGHT, WIDTH, WIDTH * 3
+                msg.encoding = self.encoding
+                msg.data = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8).tobytes()
             msgs.append(msg)
         return msgs
 
@@ -198,10 +225,12 @@ def _num(values: dict, key: str) -> float | None:
 class Probe:
     """The bare subscriber (`bench.probe`) in its own process: start, wait until ready, collect."""
 
-    def __init__(self, env: dict, image_topic: str = "/camera/image_raw",
-                 cmd_vel_topic: str = "/cmd_vel"):
+    def __init__(self, env: dict, encoding: str = "rgb8", cmd_vel_topic: str = "/cmd_vel"):
+        image_topic, kind = ((COMPRESSED_TOPIC, "compressed") if encoding == "jpeg"
+                             else (RAW_TOPIC, "raw"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mobile_vla_node.bench.probe", image_topic, cmd_vel_topic],
+            [sys.executable, "-m", "mobile_vla_node.bench.probe", image_topic, cmd_vel_topic,
+             kind],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._ready = threading.Event()
@@ -367,8 +396,9 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     env = loopback_env(1 + os.getpid() % 100)
     log_path = workdir / f"node_{job['backend']}_{rate_hz:g}hz.log"
     proc = start_node(params, log_path, env)
-    probe = Probe(env)
-    driver = Driver()
+    encoding = job.get("image_encoding", "rgb8")
+    probe = Probe(env, encoding)
+    driver = Driver(encoding)
     try:
         t0 = time.perf_counter()
         driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
@@ -400,6 +430,7 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
             "delivered_fraction": (received / (job["warmup"] + job["iters"])
                                    if received is not None else None),
             "control_rate_hz": rate_hz, "image_rate_hz": image_rate_hz,
+            "image_encoding": encoding,
             "frames_sent": job["warmup"] + job["iters"], "measured_s": t_end - t_start,
             "node_startup_s": startup_s, "node_params": params,
             "ros_domain_id": env["ROS_DOMAIN_ID"],

@@ -13,7 +13,8 @@ subscriber cost here, and the node's overhead is stated as a ratio to it.
   ``received_timestamp``: when the middleware received the sample (Fast DDS: its reception
   timestamp, taken in the DDS receive thread, before any Python of this process runs).
 
-Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC``; it prints
+Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC [raw|compressed]``
+(the camera message type: ``sensor_msgs/Image`` or ``CompressedImage``, default raw); it prints
 ``ready`` once a Twist from the node arrived (discovery is done), and at end of stdin (the bench
 closes the pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
 "twists": [monotonic_s, ...], "twists_received": [[monotonic_s, received_s], ...]}``
@@ -36,11 +37,13 @@ def main(argv=None) -> int:
     from geometry_msgs.msg import Twist
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.subscription import Subscription
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
 
     from ..ros.qos import profile
 
-    image_topic, cmd_vel_topic = (argv if argv is not None else sys.argv[1:])[:2]
+    args = list(argv if argv is not None else sys.argv[1:])
+    image_topic, cmd_vel_topic = args[:2]
+    image_type = CompressedImage if args[2:3] == ["compressed"] else Image
     frames: list = []
     twists: list = []
     ready = threading.Event()
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
             ready.set()
             print("ready", flush=True)
 
-    node.create_subscription(Image, image_topic, on_image, profile("camera"))
+    node.create_subscription(image_type, image_topic, on_image, profile("camera"))
     # rclpy without MessageInfo callbacks (Humble) gets a one-argument callback
     with_info = hasattr(Subscription, "CallbackType")
     node.create_subscription(Twist, cmd_vel_topic,

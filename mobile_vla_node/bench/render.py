@@ -288,7 +288,7 @@ def markdown_report(report: dict) -> str:
              "memory ms", "compute ms", "bound ms", "measured p50 ms", "measured/bound",
              "model", "ran on"], _limit_rows(report)))
     if report["mode"] == "node":
-        out += ["", "Preprocessing: " + (
+        out += ["", f"Frames: 640x480 {report.get('image_encoding', 'rgb8')}. Preprocessing: " + (
             "in the graph (--camera-input): the node hands the 640x480 frame to the model "
             "as received; the resize is inside inference" if report.get("camera_input") else
             "model-size graphs: the node resizes each frame on the CPU (preprocess); "
