@@ -38,6 +38,7 @@ LAYERS = {
     "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
     "test_bench.py::test_node_mode_frames_in_every_encoding": ("ros",),  # rclpy, no node
     "test_bench.py::test_twist_reception_jitter_uses_the_middleware_stamps": ("unit",),
+    "test_bench.py::test_bare_timer_ticks_and_its_figures": ("unit",),
     "test_checkpoint.py": ("unit",),
     "test_checkpoint_cli.py": ("unit",),
     "test_chunks.py": ("unit",),

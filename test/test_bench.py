@@ -351,6 +351,15 @@ def test_node_mode_null_backend(tmp_path):
         assert twist["twists"] >= 2, where
         check_stats(twist["deviation_ms"], twist["twists"] - 1)
         check_stats(twist["interval_ms"], twist["twists"] - 1)
+    # The Twist-only listener and the bare timer ran beside the node in the same window.
+    listener = run["jitter"]["twist_listener"]
+    for figure in (listener["callback"],) + ((listener["reception"],) if len(wheres) == 3
+                                              else ()):
+        assert figure["twists"] >= 2
+        check_stats(figure["deviation_ms"], figure["twists"] - 1)
+    timer = run["jitter"]["bare_timer"]
+    assert timer["ticks"] >= 2 and timer["scheduling"]
+    check_stats(timer["deviation_ms"], timer["ticks"] - 1)
     # The bare subscriber received the same frames in the same run: its transport and the ratio.
     bare = run["bare_transport"]
     assert 1 <= bare["frames"] <= 50
@@ -384,6 +393,26 @@ def test_bare_subscriber_figures_use_the_measured_window():
     assert out["twist_reception_probe"]["twists"] == 0   # no reception stamps in this record
     empty = probe_figures({"frames": [], "twists": []}, 10.0, 11.0, 50.0, 6.0)
     assert empty["bare_transport"]["frames"] == 0 and empty["overhead_ratio"] is None
+
+
+def test_bare_timer_ticks_and_its_figures():
+    import threading
+
+    from mobile_vla_node.bench import timer_probe
+    from mobile_vla_node.bench.node_mode import timer_figures
+
+    done = threading.Event()
+    threading.Timer(0.25, done.set).start()
+    ticks, scheduling = timer_probe.run(100.0, 0, done)   # normal scheduling: no privilege
+    # how many ticks fit is the machine's business (no timing assertion); they are in order
+    assert scheduling.startswith("normal") and len(ticks) >= 2
+    assert (np.diff(ticks) > 0).all()
+    # the window selects ticks by time; deviations are |interval - period|
+    out = timer_figures({"ticks": [0.9, 1.0, 1.02, 1.045, 1.06, 1.2], "scheduling": "x"},
+                        1.0, 1.1, 50.0)
+    assert out["ticks"] == 4 and out["scheduling"] == "x"
+    assert out["deviation_ms"]["max"] == pytest.approx(5.0)
+    assert out["deviation_ms"]["min"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_twist_reception_jitter_uses_the_middleware_stamps():

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import ControlConfig
 from ..ros.process import dds_profile_in_use, loopback_env, stop_node
 from ..ros.qos import profile
 from .analysis import summarize
@@ -52,6 +53,7 @@ TIMING_TOPIC = "/vla_node/step_timing"
 INFERENCE_STATUS = "vla_node: inference"
 CONTROL_STATUS = "vla_node: control"
 INPUTS_STATUS = "vla_node: inputs"
+CONTROL_PRIORITY_DEFAULT = ControlConfig().control_thread_priority
 
 
 def node_active(statuses: dict) -> bool:
@@ -223,32 +225,40 @@ def _num(values: dict, key: str) -> float | None:
 
 
 class Probe:
-    """The bare subscriber (`bench.probe`) in its own process: start, wait until ready, collect."""
+    """A baseline process: start it, wait until it prints ``ready``, collect its JSON record.
 
-    def __init__(self, env: dict, encoding: str = "rgb8", cmd_vel_topic: str = "/cmd_vel"):
-        image_topic, kind = ((COMPRESSED_TOPIC, "compressed") if encoding == "jpeg"
-                             else (RAW_TOPIC, "raw"))
+    ``bench.probe`` (the bare subscriber, the default) or ``bench.timer_probe`` (the bare timer).
+    """
+
+    def __init__(self, env: dict, encoding: str = "rgb8", cmd_vel_topic: str = "/cmd_vel",
+                 argv: list[str] | None = None, module: str = "probe"):
+        if argv is None:
+            image_topic, kind = ((COMPRESSED_TOPIC, "compressed") if encoding == "jpeg"
+                                 else (RAW_TOPIC, "raw"))
+            argv = [image_topic, cmd_vel_topic, kind]
+        self.what = "the bare subscriber" if module == "probe" else "the bare timer"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mobile_vla_node.bench.probe", image_topic, cmd_vel_topic,
-             kind],
+            [sys.executable, "-m", f"mobile_vla_node.bench.{module}", *argv],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._ready = threading.Event()
+        self.ready_line = ""
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            if line.strip() == "ready":
+            if line.startswith("ready"):
+                self.ready_line = line.strip()
                 self._ready.set()
             else:
                 self._lines.append(line)
 
     def ready(self) -> bool:
-        """It has received a Twist from the node (its subscriptions are matched)."""
+        """It is set up (the bare subscriber: a Twist from the node arrived)."""
         if self.proc.poll() is not None and not self._ready.is_set():
-            raise RuntimeError(f"the bare subscriber exited (code {self.proc.returncode})")
+            raise RuntimeError(f"{self.what} exited (code {self.proc.returncode})")
         return self._ready.is_set()
 
     def collect(self, timeout: float = 15.0) -> dict:
@@ -263,7 +273,7 @@ class Probe:
         for line in reversed(self._lines):
             if line.startswith("{"):
                 return json.loads(line)
-        raise RuntimeError(f"the bare subscriber wrote no record (exit {self.proc.returncode})")
+        raise RuntimeError(f"{self.what} wrote no record (exit {self.proc.returncode})")
 
     def close(self) -> None:
         """Stop it if it still runs."""
@@ -317,6 +327,17 @@ def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: flo
             "twists": int(twists.size)},
         "twist_reception_probe": _reception_jitter(record.get("twists_received", []),
                                                    mono_start, mono_end, period_ms)}
+
+
+def timer_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float) -> dict:
+    """The bare timer's |interval - period| in the measured window: this machine's floor."""
+    ticks = np.array([t for t in record.get("ticks", []) if mono_start <= t <= mono_end])
+    intervals = np.diff(ticks) * 1e3
+    return {"source": "a 50-line Python timer loop in its own process, the node's scheduling, "
+                      "same run (bench.timer_probe)",
+            "scheduling": record.get("scheduling", ""),
+            "deviation_ms": summarize(np.abs(intervals - 1e3 / rate_hz)),
+            "ticks": int(ticks.size)}
 
 
 def _reception_jitter(received: list, mono_start: float, mono_end: float,
@@ -398,13 +419,17 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     proc = start_node(params, log_path, env)
     encoding = job.get("image_encoding", "rgb8")
     probe = Probe(env, encoding)
+    priority = str(params.get("control_thread_priority", CONTROL_PRIORITY_DEFAULT))
+    timer = Probe(env, argv=[f"{rate_hz:g}", priority], module="timer_probe")
+    listener = Probe(env, argv=["-", "/cmd_vel", "raw"])
     driver = Driver(encoding)
     try:
         t0 = time.perf_counter()
         driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
                         "the node to load, warm up and activate")
         startup_s = time.perf_counter() - t0
-        driver.wait_for(lambda: probe.ready() and driver.image_pub.get_subscription_count() >= 2,
+        driver.wait_for(lambda: probe.ready() and listener.ready() and timer.ready()
+                        and driver.image_pub.get_subscription_count() >= 2,
                         30.0, proc, "the bare subscriber to match the node and the camera")
         from std_msgs.msg import String
 
@@ -423,6 +448,13 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
                              result["stages_ms"]["overhead"].get("p99"))
         result["jitter"]["twist_arrival_probe"] = bare.pop("twist_arrival_probe")
         result["jitter"]["twist_reception_probe"] = bare.pop("twist_reception_probe")
+        heard = probe_figures(listener.collect(), mono_start, mono_end, rate_hz, None)
+        result["jitter"]["twist_listener"] = {
+            "source": "a Twist-only subscriber in its own process (no camera frames, as a base "
+                      "controller): reception stamps, and callback times",
+            "reception": heard["twist_reception_probe"], "callback": heard["twist_arrival_probe"]}
+        result["jitter"]["bare_timer"] = timer_figures(timer.collect(), mono_start, mono_end,
+                                                       rate_hz)
         result.update(bare)
         busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         received = result["node_counters"]["frames_received"]
@@ -448,5 +480,7 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
                            f"tail ---\n{tail}") from exc
     finally:
         probe.close()
+        timer.close()
+        listener.close()
         driver.close()
         stop_node(proc, timeout=15.0)

@@ -14,7 +14,8 @@ subscriber cost here, and the node's overhead is stated as a ratio to it.
   timestamp, taken in the DDS receive thread, before any Python of this process runs).
 
 Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC [raw|compressed]``
-(the camera message type: ``sensor_msgs/Image`` or ``CompressedImage``, default raw); it prints
+(the camera message type: ``sensor_msgs/Image`` or ``CompressedImage``, default raw; IMAGE_TOPIC
+``-``: no camera subscription, a Twist listener only, as a robot's base controller is); it prints
 ``ready`` once a Twist from the node arrived (discovery is done), and at end of stdin (the bench
 closes the pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
 "twists": [monotonic_s, ...], "twists_received": [[monotonic_s, received_s], ...]}``
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
             ready.set()
             print("ready", flush=True)
 
-    node.create_subscription(image_type, image_topic, on_image, profile("camera"))
+    if image_topic != "-":   # "-": a Twist listener only (a base controller's view)
+        node.create_subscription(image_type, image_topic, on_image, profile("camera"))
     # rclpy without MessageInfo callbacks (Humble) gets a one-argument callback
     with_info = hasattr(Subscription, "CallbackType")
     node.create_subscription(Twist, cmd_vel_topic,
