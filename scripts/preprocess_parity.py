@@ -1,6 +1,7 @@
 """Camera frame -> model input, every path against PIL: pixels, effect on actions, and cost.
 
     PYTHONPATH=. python scripts/preprocess_parity.py --json out.json [--iters 100] [--quick]
+        [--cost-only]
 
 Frames: synthetic demo scenes (mobile_vla_node.demo.synthetic), one uniform-noise frame and one
 gradient with hard wrap-around edges, at 640x480 (and 1280x720 without --quick).
@@ -8,7 +9,8 @@ gradient with hard wrap-around edges, at 640x480 (and 1280x720 without --quick).
 Pixels (max uint8 levels vs ``PIL.Image.resize``, share of pixels that differ), per filter:
 
 * ``exact tables`` -- `core.resize.resize_exact` (numpy, integer; the tables the graphs bake);
-* ``in-graph torch`` -- `model.preprocessing.FramePreprocess` (int32 torch ops, CPU);
+* ``in-graph torch`` -- `model.preprocessing.FramePreprocess` (banded float32 matmuls, CPU;
+  the integer gather formulation for nearest);
 * ``in-graph ONNX`` -- the same module exported to ONNX, run by ONNX Runtime (CPU);
 * ``cpu torch uint8`` -- torch's antialiased uint8 kernel (`core.preprocess.CpuResize`), the
   runtime's CPU path for bilinear/bicubic;
@@ -25,7 +27,10 @@ fed PIL's input.
 
 Cost (p50/p99 ms, one thread where the path allows, machine load recorded): decode (zero-copy
 view of rgb8 / bgr8, the old copying decode of bgr8, JPEG), each CPU resize, and the ONNX step with
-and without the in-graph resize (the cost moved into the graph).
+and without the in-graph resize (the cost moved into the graph). The in-graph resize, old integer
+gather formulation vs banded float32 matmuls, in torch and in ONNX Runtime, at 640x480 and
+1280x720, bicubic and bilinear (`--iters` each), and the ONNX step of camera-input exports of
+both formulations at both sizes. ``--cost-only`` skips the pixel and action tables.
 """
 
 from __future__ import annotations
@@ -96,19 +101,23 @@ def timing(fn, iters: int) -> dict:
 
 # --- paths ------------------------------------------------------------------------------------
 
-def onnx_resize_module(torch, resize_filter: str, shape, workdir: Path):
-    """`FramePreprocess.resize` exported to ONNX for one frame shape; an ORT session."""
+def onnx_resize_module(torch, resize_filter: str, shape, workdir: Path, banded: bool = True):
+    """`FramePreprocess.resize` exported to ONNX for one frame shape; an ORT session.
+
+    ``banded`` False: the integer gather formulation (the old graph).
+    """
     import onnxruntime as ort
 
     from mobile_vla_node.model.preprocessing import FramePreprocess
 
     module = FramePreprocess(SIZE, resize_filter, CLIP_MEAN, CLIP_STD)
+    module.pil_resize.banded = banded
 
     class Resize(torch.nn.Module):
         def forward(self, frames):
             return module.resize(frames)
 
-    path = workdir / f"resize_{resize_filter}_{shape[0]}x{shape[1]}.onnx"
+    path = workdir / f"resize_{resize_filter}_{shape[0]}x{shape[1]}_{int(banded)}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Resize(), (torch.zeros((1, *shape, 3), dtype=torch.uint8),), str(path),
@@ -157,8 +166,7 @@ def paths(torch, resize_filter: str, shape, workdir: Path) -> dict:
     session = onnx_resize_module(torch, resize_filter, shape, workdir)
     out = {
         "exact tables (numpy)": lambda rgb: pil_resize.resize_exact(rgb, SIZE, resize_filter),
-        "in-graph torch (int32)": lambda rgb: module.resize(torch.from_numpy(rgb)[None])[0]
-        .numpy(),
+        "in-graph torch": lambda rgb: module.resize(torch.from_numpy(rgb)[None])[0].numpy(),
         "in-graph ONNX (ORT CPU)": lambda rgb: session.run(None, {"image": rgb[None]})[0][0],
     }
     if resize_filter in ("bicubic", "bilinear"):
@@ -228,26 +236,36 @@ def action_effect(torch, scenes: dict) -> list:
     return rows
 
 
-def export_pair(workdir: Path, width: int, height: int) -> tuple[Path, Path]:
-    """The tiny demo policy as a model-size and a camera-input ONNX export."""
+def export_onnx(path: Path, extra: list, banded: bool = True) -> Path:
+    """The tiny demo policy exported to ONNX (``banded`` False: the old gather resize)."""
     from mobile_vla_node.export import cli
+    from mobile_vla_node.model.preprocessing import PilResize
 
-    paths_out = (workdir / "model.onnx", workdir / "camera.onnx")
-    for path, extra in zip(paths_out, ([], ["--camera-size", f"{width}x{height}"]), strict=True):
+    saved = PilResize.banded
+    PilResize.banded = banded
+    try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             rc = cli.main(["onnx", "--preset", "tiny", "--output", str(path), "--parity-cases",
                            "2", *extra])
-        if rc != 0:
-            raise RuntimeError(f"vla_export onnx {extra} exited {rc}")
-    return paths_out
+    finally:
+        PilResize.banded = saved
+    if rc != 0:
+        raise RuntimeError(f"vla_export onnx {extra} exited {rc}")
+    return path
 
 
-def onnx_backends(model: Path, camera: Path):
+def export_pair(workdir: Path, width: int, height: int) -> tuple[Path, Path]:
+    """The tiny demo policy as a model-size and a camera-input ONNX export."""
+    return (export_onnx(workdir / "model.onnx", []),
+            export_onnx(workdir / "camera.onnx", ["--camera-size", f"{width}x{height}"]))
+
+
+def onnx_backends(*paths: Path):
     from mobile_vla_node.backends.onnx_backend import OnnxBackend
     from mobile_vla_node.core.config import BackendConfig
 
     out = []
-    for path in (model, camera):
+    for path in paths:
         backend = OnnxBackend(BackendConfig(backend="onnx", model_path=str(path),
                                             intra_op_threads=1, warmup_iters=0))
         backend.load()
@@ -306,15 +324,56 @@ def cost(torch, rgb: np.ndarray, iters: int, model_b, camera_b) -> dict:
         "resize bicubic: PIL": timing(lambda: cpu["pil"](rgb), iters),
         "resize bicubic: exact tables (numpy)": timing(
             lambda: pil_resize.resize_exact(rgb, SIZE, "bicubic"), max(iters // 5, 5)),
-        "resize bicubic: in-graph torch int32 (cpu)": timing(
-            lambda: graph.resize(frame_t), max(iters // 5, 5)),
+        "resize bicubic: in-graph torch, banded float32 matmuls (cpu)": timing(
+            lambda: graph.resize(frame_t), iters),
         "resize bilinear: cv2 INTER_AREA (no parity)": timing(
             lambda: cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA), iters),
         "onnx step (1 thread), model-size export, PIL input": timing(
             lambda: model_b.infer(model_in, ids, history), iters),
         "onnx step (1 thread), camera export (resize in the graph)": timing(
-            lambda: camera_b.infer_raw(rgb, ids, history, "rgb"), max(iters // 5, 5)),
+            lambda: camera_b.infer_raw(rgb, ids, history, "rgb"), iters),
     }
+    return out
+
+
+def resize_cost(torch, iters: int, workdir: Path, model_b) -> dict:
+    """The in-graph resize, old gather vs banded matmuls, torch and ORT; the ONNX steps."""
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    out = {}
+    ids = model_b.tokenizer.encode("go to the red box")
+    history = np.zeros((model_b.spec.window_size - 1, model_b.spec.feature_dim), np.float32)
+    for width, height in ((640, 480), (1280, 720)):
+        rgb = frames(width, height, 1)["scene_0"]
+        frame_t = torch.from_numpy(rgb)[None]
+        rows = {}
+        for resize_filter in ("bicubic", "bilinear"):
+            cpu = CpuResize(SIZE, resize_filter, engine="pil")
+            rows[f"{resize_filter}: PIL"] = timing(lambda cpu=cpu, rgb=rgb: cpu(rgb), iters)
+            for banded, label in ((False, "int32 gather (old)"), (True, "banded matmuls")):
+                module = FramePreprocess(SIZE, resize_filter, CLIP_MEAN, CLIP_STD)
+                module.pil_resize.banded = banded
+                session = onnx_resize_module(torch, resize_filter, (height, width), workdir,
+                                             banded)
+                for name, fn in ((f"in-graph torch, {label}", module.resize),
+                                 (f"in-graph ONNX Runtime, {label}",
+                                  lambda x, s=session: s.run(None, {"image": x.numpy()})[0])):
+                    got = np.asarray(fn(frame_t)[0])
+                    if not np.array_equal(got, pil(rgb, resize_filter)):
+                        raise AssertionError(f"{name} {resize_filter} {width}x{height} != PIL")
+                    with torch.inference_mode():
+                        rows[f"{resize_filter}: {name}"] = timing(
+                            lambda f=fn, x=frame_t: f(x), iters)
+        model_in = pil(rgb, "bicubic")
+        rows["onnx step (1 thread), model-size export, PIL input (without the resize)"] = \
+            timing(lambda x=model_in: model_b.infer(x, ids, history), iters)
+        for banded, label in ((False, "int32 gather (old)"), (True, "banded matmuls")):
+            path = export_onnx(workdir / f"camera_{width}x{height}_{int(banded)}.onnx",
+                               ["--camera-size", f"{width}x{height}"], banded)
+            (camera_b,) = onnx_backends(path)
+            rows[f"onnx step (1 thread), camera export, bicubic {label} in the graph"] = timing(
+                lambda b=camera_b, x=rgb: b.infer_raw(x, ids, history, "rgb"), iters)
+        out[f"{width}x{height}"] = rows
     return out
 
 
@@ -327,6 +386,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="640x480 only, 4 scenes, 20 iterations")
     p.add_argument("--json", type=Path)
+    p.add_argument("--cost-only", action="store_true",
+                   help="only the cost tables (no pixel and action tables)")
     args = p.parse_args(argv)
     if args.quick:
         args.scenes, args.iters = 4, 20
@@ -341,15 +402,18 @@ def main(argv=None) -> int:
         work = Path(tmp)
         for width, height in resolutions:
             named = frames(width, height, args.scenes)
-            result["pixels"][f"{width}x{height}"] = pixel_table(torch, named, (height, width),
-                                                                work)
+            if not args.cost_only:
+                result["pixels"][f"{width}x{height}"] = pixel_table(torch, named,
+                                                                    (height, width), work)
             if (width, height) == (640, 480):
                 scenes = {k: v for k, v in named.items() if k.startswith("scene_")}
-                result["actions"] = action_effect(torch, scenes)
                 model_b, camera_b = onnx_backends(*export_pair(work, width, height))
-                result["actions"].append(onnx_action_effect(model_b, camera_b, scenes))
+                if not args.cost_only:
+                    result["actions"] = action_effect(torch, scenes)
+                    result["actions"].append(onnx_action_effect(model_b, camera_b, scenes))
                 result["cost_640x480"] = cost(torch, named["scene_0"], args.iters, model_b,
                                               camera_b)
+        result["resize_cost"] = resize_cost(torch, args.iters, work, model_b)
     result["loadavg_end"] = list(os.getloadavg())
     for res, rows in result["pixels"].items():
         print(f"\n### pixels vs PIL, {res} ({rows[0]['frames']} frames)\n")
@@ -357,14 +421,22 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"| {r['filter']} | {r['path']} | {r['max_levels']} | "
                   f"{100 * r['differing_fraction']:.3f} % |")
-    print("\n### effect on actions (demo policy, 640x480 scenes)\n")
-    print("| filter | path | through | max abs | mean abs |\n|---|---|---|---|---|")
+    if result["actions"]:
+        print("\n### effect on actions (demo policy, 640x480 scenes)\n")
+        print("| filter | path | through | max abs | mean abs |\n|---|---|---|---|---|")
     for r in result["actions"]:
         print(f"| {r['filter']} | {r['path']} | {r['through']} | {r['actions_max_abs']:.2e} | "
               f"{r['actions_mean_abs']:.2e} |")
     print("\n### cost at 640x480 (ms)\n\n| step | p50 | p99 |\n|---|---|---|")
     for name, t in result["cost_640x480"].items():
         print(f"| {name} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} |")
+    print("\n### in-graph resize, old vs banded (ms, p50 / p99; 1 thread)\n")
+    sizes = list(result["resize_cost"])
+    print("| step | " + " | ".join(sizes) + " |\n|---|" + "---|" * len(sizes))
+    for name in result["resize_cost"][sizes[0]]:
+        cells = [result["resize_cost"][res][name] for res in sizes]
+        print(f"| {name} | " + " | ".join(f"{c['p50_ms']:.3f} / {c['p99_ms']:.3f}"
+                                          for c in cells) + " |")
     print(f"\nmachine {result['machine']}, {result['date_utc']} UTC, load average start "
           f"{result['loadavg_start']} end {result['loadavg_end']}, torch {torch.__version__} "
           "(1 thread)")

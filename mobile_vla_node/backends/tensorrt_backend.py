@@ -15,8 +15,9 @@ full-window step is replayed from a CUDA graph.
 
 Engines built from a camera-input export (``vla_export onnx --camera-size``; recorded in the
 manifest's ``export.preprocess``) take the camera's uint8 frame and resize it in the engine with
-PIL's tables (plain Gather/Mul/Add/Div/Max/Min layers: TensorRT's ONNX parser has no
-antialiased Resize); the node hands them the frame as received (``preprocesses_on_device``).
+PIL's tables (banded MatMul layers, exact in fp32 and TF32 and pinned to fp32 in fp16 builds,
+or Gather/Mul/Add/Div/Max/Min layers: TensorRT's ONNX parser has no antialiased Resize); the
+node hands them the frame as received (``preprocesses_on_device``).
 """
 
 from __future__ import annotations

@@ -13,21 +13,43 @@ nearest-neighbour position). Pillow runs the vertical pass first when the width 
 height shrinks (`vertical_first`).
 
 `resize_exact` applies the tables in integer arithmetic and equals PIL bit for bit (tested).
-The same tables, in float32, are what the in-graph resize (`model.preprocessing`) bakes into the
-encoder for torch, ONNX, TensorRT and Triton: floating-point sums differ from the integer ones by
-at most 1 uint8 level (measured in scripts/preprocess_parity.py, tested).
+
+`band_table` rearranges one axis's table for a float32 matmul that stays exact (what the in-graph
+resize, `model.preprocessing`, bakes into the encoder for torch, ONNX, TensorRT and Triton).
+Outputs are grouped in blocks of ``block``; each block reads one contiguous window of ``span``
+input pixels, and its weights are a dense (span, block) integer matrix ``D`` (zero outside the
+taps), split as ``D = hi * 2**shift + lo`` with ``lo`` in [-2**(shift-1), 2**(shift-1)). For
+uint8 inputs every product and every partial sum of ``x @ hi`` and ``x @ lo`` is an integer below
+2**24 in magnitude whatever the summation order (checked per output: 255 * sum|hi| and
+255 * sum|lo| < 2**24), and every ``hi``/``lo`` has at most 11 significant bits, so float32 and
+TF32 (10+1 bits per input, fp32 accumulation: TensorRT's and cuBLAS's default on Ampere and
+later) compute both sums exactly. With ``H = x @ hi`` and ``L = x @ lo``, Pillow's
+``(H * 2**shift + L + 2**21) >> 22`` equals ``floor((H + floor(L / 2**shift)) * 2**(shift-22)
++ 0.5)``, every term an exact float32 (powers of two scale exactly; the sum inside is an integer
+below 2**24, also checked). The stored weights carry the scales: ``hi * 2**(shift-22)`` and
+``lo * 2**-shift``. A table that fails a check (nearest, identity, or a downscale so large that
+the window sums could reach 2**24: to 224 px, from ~20x for lanczos, ~30x for bicubic) is None,
+and the caller keeps the integer gather formulation.
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
 PRECISION_BITS = 32 - 8 - 2       # Pillow's fixed-point precision for 8-bit images
 ONE = 1 << PRECISION_BITS
 HALF = 1 << (PRECISION_BITS - 1)
+FLOAT32_EXACT = 1 << 24           # integers of smaller magnitude are exact in float32
+TF32_BITS = 11                    # significant bits TF32 keeps of each matmul input
+BAND_BLOCK = 16                   # outputs per block of `band_table` (measured: 8 to 32 alike)
+BAND_SHIFTS = (11, 12, 13)        # the hi/lo splits tried, smallest lo first
+# The in-graph resize's module name (`model.preprocessing.PilResize`): every traced node of it is
+# named ``.../pil_resize/...`` (how the fp16 conversion and the TensorRT build find it)
+GRAPH_SCOPE = "pil_resize"
 
 
 def _box(x):
@@ -184,3 +206,81 @@ def resize_exact(rgb: np.ndarray, size: int, resize_filter: str = "bicubic") -> 
     for index, weight, axis in passes:
         out = _pass(out, index, weight, axis)
     return np.ascontiguousarray(out)
+
+
+class BandTable(NamedTuple):
+    """One axis's table as banded float32 matmul weights (see the module docstring)."""
+
+    starts: tuple      # first input pixel of each block's window (nb blocks)
+    span: int          # window length (input pixels)
+    block: int         # outputs per block; the last block is padded with zero-weight outputs
+    n_out: int
+    shift: int         # weight = hi * 2**shift + lo
+    weights: np.ndarray  # float32 (nb, span, 2 * block): hi * 2**(shift-22) | lo * 2**-shift
+
+
+def tf32_exact(values: np.ndarray) -> bool:
+    """Whether every integer in ``values`` has at most `TF32_BITS` significant bits."""
+    v = np.abs(np.asarray(values, np.int64)).ravel()
+    v = v[v != 0]
+    return bool(np.all(v // (v & -v) < (1 << TF32_BITS)))
+
+
+def split_exact(hi: np.ndarray, lo: np.ndarray, shift: int) -> bool:
+    """Whether ``hi``/``lo`` (int (n_out, span), one row per output) give exact float32 sums.
+
+    For uint8 inputs: ``255 * sum|hi|`` and ``255 * sum|lo|`` below 2**24 (every partial sum
+    of either matmul is an exact float32 integer, in any order), the combined integer
+    ``H + floor(L / 2**shift) + 2**(21-shift)`` below 2**24, and TF32-exact weights.
+    """
+    s_hi = 255 * np.abs(hi).sum(axis=1)
+    s_lo = 255 * np.abs(lo).sum(axis=1)
+    combined = s_hi + s_lo // (1 << shift) + 1 + (1 << (PRECISION_BITS - 1 - shift))
+    return bool(max(s_hi.max(), s_lo.max(), combined.max()) < FLOAT32_EXACT
+                and tf32_exact(hi) and tf32_exact(lo))
+
+
+def band_dense(n_in: int, n_out: int, resize_filter: str, block: int = BAND_BLOCK):
+    """(starts, span, dense): each block's window and int64 (nb * block, span) weights."""
+    index, weight = axis_table(n_in, n_out, resize_filter)
+    nb = -(-n_out // block)
+    used = weight != 0
+    first = np.where(used, index, n_in).min(axis=1)
+    last = np.where(used, index, -1).max(axis=1)
+    pad = nb * block - n_out
+    first = np.concatenate([first, np.full(pad, first[-1])]).reshape(nb, block).min(axis=1)
+    last = np.concatenate([last, np.full(pad, last[-1])]).reshape(nb, block).max(axis=1)
+    span = min(int((last - first).max()) + 1, n_in)
+    starts = np.minimum(first, n_in - span)
+    rows, taps = np.nonzero(used)
+    dense = np.zeros((nb * block, span), np.int64)
+    np.add.at(dense, (rows, index[rows, taps] - starts[rows // block]), weight[rows, taps])
+    return tuple(int(v) for v in starts), span, dense
+
+
+@lru_cache(maxsize=64)
+def band_table(n_in: int, n_out: int, resize_filter: str,
+               block: int = BAND_BLOCK) -> BandTable | None:
+    """The axis as exact banded float32 matmul weights, or None where that is not exact.
+
+    None: identity (no pass), nearest (a pure gather), or no split in `BAND_SHIFTS` passes
+    `split_exact` (very large downscales). The weights array is cached and read-only.
+    """
+    check_filter(resize_filter)
+    if n_in == n_out or resize_filter == "nearest":
+        return None
+    starts, span, dense = band_dense(n_in, n_out, resize_filter, block)
+    for shift in BAND_SHIFTS:
+        half = 1 << (shift - 1)
+        lo = ((dense + half) & ((1 << shift) - 1)) - half
+        hi = (dense - lo) >> shift
+        if not split_exact(hi, lo, shift):
+            continue
+        nb = len(starts)
+        scaled = np.stack([hi * 2.0 ** (shift - PRECISION_BITS), lo * 2.0 ** -shift], 1)
+        # (nb * block, 2, span) -> (nb, span, 2 * block): columns hi of the block, then lo
+        weights = scaled.reshape(nb, block, 2, span).transpose(0, 3, 2, 1).reshape(
+            nb, span, 2 * block).astype(np.float32)
+        weights.setflags(write=False)
+        return BandTable(starts, span, block, n_out, shift, weights)
+    return None

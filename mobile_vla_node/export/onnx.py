@@ -16,6 +16,9 @@ fp32 there (tiny and small presets: ~1e-3 max abs either way) and ONNX Runtime's
 accumulates mean/variance in fp32; add it to FP16_KEEP_FP32_OPS if a model's fp16 parity fails.
 Constants such as the attention mask's ``finfo(float32).min`` are clamped to +-65504 by the
 converter. The converter appends nodes, so the graph is re-sorted topologically afterwards.
+A camera-input encoder's resize (`resize_nodes`) stays fp32: `to_fp16` takes it out of the graph
+before the conversion and puts it back after (its banded matmuls are exact in float32 and TF32
+only; the converter's node block list would still round the tensors between blocked nodes).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..backends.onnx_format import (
     TEXT_AXIS,
     WINDOW_AXIS,
 )
+from ..core.resize import GRAPH_SCOPE
 
 MIN_OPSET = 17
 EXPORTER = "torch.onnx.export TorchScript (dynamo=False)"
@@ -49,9 +53,9 @@ class EncoderGraph(nn.Module):
     """``image`` uint8 (1, S, S, 3), ``text_ids`` int64 (1, L) -> ``feature`` float32 (1, D).
 
     Traced with a camera-size ``image`` (1, H, W, 3), the graph resizes it inside
-    (`model.preprocessing.FramePreprocess`: the PIL tables of that size, int32 Gather/Mul/
-    Add/Div/Max/Min, bit-exact); ``swap_channels``: the camera's channel order differs
-    from the model's (a Gather of the 3 channels first).
+    (`model.preprocessing.FramePreprocess`: the PIL tables of that size as exact banded float32
+    MatMuls, or int32 Gather/Mul/Add/Div/Max/Min; bit-exact either way); ``swap_channels``: the
+    camera's channel order differs from the model's (a Gather of the 3 channels first).
     """
 
     def __init__(self, policy, swap_channels: bool = False):
@@ -85,8 +89,9 @@ def camera_preprocess(policy, camera_size, camera_order: str, channel_order: str
             "channel_order": channel_order, "resize_filter": cfg.resize_filter,
             "image_pipeline": getattr(cfg, "image_pipeline", "package"),
             "image_size": cfg.image_size,
-            "resize": "in the graph: PIL's tables for this size (core.resize), int32 Gather/Mul/"
-                      "Add/Div/Max/Min; equal to PIL bit for bit"}
+            "resize": "in the graph: PIL's tables for this size (core.resize), banded float32 "
+                      "MatMuls exact in float32 and TF32 (int32 Gather/Mul/Add/Div/Max/Min "
+                      "where not); equal to PIL bit for bit"}
 
 
 class StepGraph(nn.Module):
@@ -194,11 +199,37 @@ def _fix_dims(value_info, dims: list[int]) -> None:
         shape.dim.add().dim_value = int(d)
 
 
+def resize_nodes(graph) -> list:
+    """The nodes of the in-graph resize of a camera-input encoder (none in other graphs).
+
+    The traced nodes of `model.preprocessing.PilResize` (named ``.../pil_resize/...``,
+    `core.resize.GRAPH_SCOPE`), and the Constants that only they read, whatever their names.
+    """
+    marker = f"/{GRAPH_SCOPE}/"
+    keep = {i for i, node in enumerate(graph.node) if marker in node.name}
+    consumers: dict = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, set()).add(i)
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant" and node.output and all(
+                consumers.get(name) and consumers[name] <= keep for name in node.output):
+            keep.add(i)
+    return [graph.node[i] for i in sorted(keep)]
+
+
 def to_fp16(model):
-    """fp16 weights and compute, float32/uint8/int64 I/O kept (see the module docstring)."""
+    """fp16 weights and compute, float32/uint8/int64 I/O kept (see the module docstring).
+
+    The in-graph resize of a camera-input encoder (`resize_nodes`) stays float32: its banded
+    matmuls are exact in float32 and TF32, not in fp16 (sums up to 2**24). The converter never
+    sees it (its node block list would still round the tensors between blocked nodes to fp16):
+    the resize is taken out, its result made a graph input, and put back afterwards.
+    """
     import onnx
     from onnxruntime.transformers import float16
 
+    resize, boundary = _detach_resize(model)
     options = dict(keep_io_types=True,
                    op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS))
     if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
@@ -211,8 +242,74 @@ def to_fp16(model):
             onnx.save_model(model, str(path), save_as_external_data=True,
                             all_tensors_to_one_file=True, location="model.onnx.data")
             converted = float16.convert_float_to_float16(str(path), **options)
+    if resize:
+        graph = converted.graph
+        inputs = [v for v in graph.input if v.name not in boundary]
+        del graph.input[:]
+        graph.input.extend(inputs)
+        graph.node.extend(resize)
     topological_sort(converted.graph)
     return converted
+
+
+def _detach_resize(model):
+    """Take the in-graph resize out of ``model`` (in place): (its nodes, its result names).
+
+    Its results (float32 pixel values, read by the rest of the graph) become graph inputs of
+    the types and shapes ONNX shape inference gives them on the resize and what feeds it; the
+    converter then casts them to fp16 like any float32 input. A Constant the exporter shared
+    between the resize and the rest stays in the rest, and the resize gets its own copy.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    resize = resize_nodes(graph)
+    if not resize:
+        return [], set()
+    ids = {id(node) for node in resize}
+    read = {name for node in graph.node if id(node) not in ids for name in node.input}
+    read |= {v.name for v in graph.output}
+    detached = [onnx.NodeProto.FromString(n.SerializeToString()) for n in resize]
+    shared = {name for node in detached if node.op_type == "Constant"
+              for name in node.output if name in read}
+    for node in detached:
+        for k, name in enumerate(node.input):
+            if name in shared:
+                node.input[k] = f"{name}_{GRAPH_SCOPE}"
+        if node.op_type == "Constant" and set(node.output) & shared:
+            node.name = f"{node.name}_{GRAPH_SCOPE}"
+            for k, name in enumerate(node.output):
+                node.output[k] = f"{name}_{GRAPH_SCOPE}"
+    produced = {name for node in detached for name in node.output}
+    boundary = sorted(produced & read)
+    # type the results: shape inference on the resize and the nodes that feed it
+    producer = {name: node for node in graph.node for name in node.output}
+    feeding, stack = [], [name for node in detached for name in node.input]
+    seen = {id(node) for node in resize}
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            feeding.append(node)
+            stack.extend(node.input)
+    needed = {name for node in detached + feeding for name in node.input}
+    sub = helper.make_model(
+        helper.make_graph(feeding[::-1] + detached, "resize",
+                          [v for v in graph.input if v.name in needed],
+                          [onnx.ValueInfoProto(name=name) for name in boundary],
+                          [t for t in graph.initializer if t.name in needed]),
+        opset_imports=model.opset_import)
+    topological_sort(sub.graph)
+    typed = {v.name: v for v in onnx.shape_inference.infer_shapes(sub).graph.output}
+    if not all(typed[name].type.tensor_type.elem_type for name in boundary):
+        raise ValueError(f"cannot type the in-graph resize's results {boundary} for fp16")
+    kept = [node for node in graph.node
+            if id(node) not in ids or (node.op_type == "Constant" and set(node.output) & shared)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.input.extend(typed[name] for name in boundary)
+    return detached, set(boundary)
 
 
 def topological_sort(graph) -> None:

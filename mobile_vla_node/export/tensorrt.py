@@ -364,6 +364,36 @@ def _write_atomic(path: Path, data) -> int:
     return path.stat().st_size
 
 
+def pin_resize_fp32(trt, network) -> int:
+    """Keep a camera-input encoder's in-graph resize in fp32 in an fp16 build; layers pinned.
+
+    The resize's banded matmuls are exact in float32 and TF32, not in fp16, which an FP16
+    builder may pick for any layer. Its layers carry the ONNX node names ``.../pil_resize/...``
+    (`core.resize.GRAPH_SCOPE`); each of them whose outputs are all floating point gets
+    ``precision`` and output types float32 (the caller sets OBEY_PRECISION_CONSTRAINTS).
+    Returns the number pinned: 0 for graphs without it (model-size inputs).
+    """
+    from ..core.resize import GRAPH_SCOPE
+
+    num_layers = getattr(network, "num_layers", 0)
+    if not num_layers:
+        return 0
+    marker = f"/{GRAPH_SCOPE}/"
+    floats = {trt.DataType.FLOAT, getattr(trt.DataType, "HALF", trt.DataType.FLOAT)}
+    pinned = 0
+    for i in range(num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if marker not in (layer.name or "") or not outputs or not all(
+                t is not None and t.dtype in floats for t in outputs):
+            continue
+        layer.precision = trt.DataType.FLOAT
+        for j in range(len(outputs)):
+            layer.set_output_type(j, trt.DataType.FLOAT)
+        pinned += 1
+    return pinned
+
+
 def build_engine(trt, logger, onnx: Path, engine: Path, *, precision: str, profile: dict,
                  workspace_mb: int, timing_cache: Path, progress: BuildProgress,
                  calibration=None) -> dict:
@@ -394,6 +424,11 @@ def build_engine(trt, logger, onnx: Path, engine: Path, *, precision: str, profi
             progress.message("this GPU has no fast fp16; the engine may be slow")
         config.set_flag(trt.BuilderFlag.FP16)
         flag_names.append("FP16")
+        pinned = pin_resize_fp32(trt, network)
+        if pinned:   # the in-graph resize of a camera-input export stays fp32 (exact)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            flag_names.append(f"OBEY_PRECISION_CONSTRAINTS(resize: {pinned} layers fp32)")
+            progress.message(f"in-graph resize: {pinned} layers pinned to fp32")
     opt = builder.create_optimization_profile()
     for name, rng in profile.items():
         opt.set_shape(name, rng["min"], rng["opt"], rng["max"])
