@@ -34,6 +34,7 @@ set_dds_env(os.environ)
 LAYERS = {
     "test_backends.py": ("unit",),
     "test_bag_humble.py": ("unit",),  # writes small bags with rosbags, no DDS
+    "test_banded_resize.py": ("unit",),
     "test_bench.py": ("slow",),
     "test_bench.py::test_node_mode_null_backend": ("ros", "slow"),
     "test_bench.py::test_node_mode_frames_in_every_encoding": ("ros",),  # rclpy, no node
