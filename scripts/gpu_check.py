@@ -22,7 +22,10 @@ Parts, in priority order, each with a time limit; a part that no longer fits the
    timing does not depend on the values), torch on cuda: model mode bf16 eager / graphs, pipeline
    mode bf16 eager / graphs, then the same in fp16, then pipeline bf16 with the resize on the CPU
    (device_preprocess=false) for comparison; ``--reference none`` (parity is step 2's job);
-4. ``scripts/preprocess_parity.py --device cuda``: GPU resize vs PIL and its cost.
+4. ``scripts/preprocess_parity.py --device cuda``: the in-graph resize on the GPU vs PIL (every
+   filter, 640x480 and 1280x720, TF32 off and on; bit for bit expected), the effect on the demo
+   policy's actions, and its cost (p50/p99, upload separately); its tables from the
+   ``| resolution`` header on go into the summary, its JSON into gpu_check.json.
 
 Without a CUDA GPU it refuses in one line and exits 3. ``--cpu-dry-run`` exercises the script
 itself on a CPU (tiny preset, a few steps; every figure is then a CPU figure, and says so).
@@ -49,6 +52,8 @@ PRESET = "mobile-vla-kosmos2"
 SPECS = "h200,h100-sxm,orin-nx-16gb"
 TARGET_GRAPH_P99_MS = 3.0  # issue 14: bf16 step p99 with CUDA graphs on the H200
 PIPELINE_EXTRA_MS = 1.0  # pipeline p99 <= step p99 + 1 ms
+PARITY_LIMIT_S = 90
+PARITY_TABLE = "| resolution"  # where preprocess_parity.py's --device tables start
 PYTEST_LIMIT_S = 240
 BENCH_LIMIT_S = 150
 # (name, mode, precision, backend params); model: 200 timed steps, pipeline: 100 per resolution.
@@ -104,7 +109,11 @@ class Check:
         self.log.flush()
 
     def run(self, name: str, argv: list[str], limit_s: float, env: dict | None = None) -> dict:
-        """Run a command with a time limit; output to the log; returns rc and wall time."""
+        """Run a command with a time limit; output to the log.
+
+        Returns rc, wall time and the output's tail (what the JSON keeps), and, only in the
+        returned dict, the whole stdout under ``stdout``.
+        """
         limit_s = max(10.0, min(limit_s, self.left()))
         self.note(f"$ {' '.join(argv)}  (limit {limit_s:.0f} s)")
         t0 = time.monotonic()
@@ -114,18 +123,19 @@ class Check:
         try:
             proc = subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True,
                                   timeout=limit_s)
-            rc, out = proc.returncode, proc.stdout + proc.stderr
+            rc, stdout, out = proc.returncode, proc.stdout, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
             rc = "timeout"
-            out = ((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes)
-                   else (exc.stdout or "")) + f"\n[killed after {limit_s:.0f} s]"
+            stdout = ((exc.stdout or b"").decode(errors="replace")
+                      if isinstance(exc.stdout, bytes) else (exc.stdout or ""))
+            out = stdout + f"\n[killed after {limit_s:.0f} s]"
         wall = time.monotonic() - t0
         self.log.write(f"--- {name}: rc {rc}, {wall:.1f} s ---\n{out}\n")
         self.log.flush()
         step = {"argv": argv, "rc": rc, "wall_s": round(wall, 1), "tail": out[-1500:]}
         self.result["steps"][name] = step
         self.note(f"{name}: rc {rc} in {wall:.1f} s")
-        return step
+        return dict(step, stdout=stdout)
 
     def finish(self, summary: str) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +231,21 @@ def bench_argv(json_path: Path, mode: str, precision: str, params: dict,
     for name, value in params.items():
         argv += ["--backend-param", f"{name}={value}"]
     return argv
+
+
+def parity_argv(json_path: Path, dry_run: bool = False) -> list[str]:
+    """Part 4's command: the in-graph resize on cuda (``dry_run``: cpu, 640x480, 5 calls)."""
+    size = ["--device", "cpu", "--quick", "--iters", "5"] if dry_run else [
+        "--device", "cuda", "--iters", "100"]
+    return [sys.executable, str(REPO / "scripts" / "preprocess_parity.py"), *size,
+            "--json", str(json_path)]
+
+
+def parity_tables(stdout: str) -> str:
+    """preprocess_parity.py's tables and verdict: its stdout from the first ``| resolution``
+    line on ("" where there is none)."""
+    start = stdout.find(PARITY_TABLE)
+    return stdout[start:].strip() if start >= 0 else ""
 
 
 def bench_row(name: str, report: dict) -> dict:
@@ -325,8 +350,9 @@ def summarize(result: dict) -> str:
     else:
         lines.append("no benchmark figures")
     if result.get("preprocess_parity"):
-        lines += ["", "## Resize on the GPU vs PIL (scripts/preprocess_parity.py)", "", "```",
-                  result["preprocess_parity"], "```"]
+        where = "the CPU (DRY RUN)" if result.get("cpu_dry_run") else "the GPU"
+        lines += ["", f"## In-graph resize on {where} vs PIL (scripts/preprocess_parity.py "
+                  "--device)", "", result["preprocess_parity"]]
     lines += ["", "## Skipped", ""]
     lines += [f"- {s['part']}: {s['reason']}" for s in result["skipped"]] or ["- nothing"]
     lines += ["", "## Steps", "", "| step | rc | wall s |", "|---|---|---|"]
@@ -403,15 +429,18 @@ def main(argv=None) -> int:
             failed.append(f"vla_bench {name}")
 
     if check.left() >= 45:
-        step = check.run("preprocess_parity", [
-            sys.executable, str(REPO / "scripts" / "preprocess_parity.py"),
-            "--device", "cpu" if args.cpu_dry_run else "cuda", "--iters", "20",
-            "--json", str(check.work / "preprocess_parity.json")], 90)
-        if step["rc"] == 0:
-            out = step["tail"]
-            check.result["preprocess_parity"] = out[out.find("| resolution"):].strip()
-        else:
+        parity_json = check.work / "preprocess_parity.json"
+        step = check.run("preprocess_parity", parity_argv(parity_json, args.cpu_dry_run),
+                         PARITY_LIMIT_S)
+        table = parity_tables(step["stdout"])
+        if table:
+            check.result["preprocess_parity"] = table
+        if parity_json.is_file():
+            check.result["preprocess_parity_report"] = json.loads(parity_json.read_text())
+        if step["rc"] != 0:
             failed.append("preprocess_parity")
+        elif not table:
+            failed.append(f"preprocess_parity (no '{PARITY_TABLE}' table in its output)")
     else:
         check.skip("preprocess_parity", f"time budget: {check.left():.0f} s left")
 

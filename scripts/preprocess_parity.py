@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python scripts/preprocess_parity.py --json out.json [--iters 100] [--quick]
         [--cost-only]
+    PYTHONPATH=. python scripts/preprocess_parity.py --device cpu|cuda|cuda:N [--json out.json]
+        [--iters 100] [--quick] [--cost-only]
 
 Frames: synthetic demo scenes (mobile_vla_node.demo.synthetic), one uniform-noise frame and one
 gradient with hard wrap-around edges, at 640x480 (and 1280x720 without --quick).
@@ -31,6 +33,26 @@ and without the in-graph resize (the cost moved into the graph). The in-graph re
 gather formulation vs banded float32 matmuls, in torch and in ONNX Runtime, at 640x480 and
 1280x720, bicubic and bilinear (`--iters` each), and the ONNX step of camera-input exports of
 both formulations at both sizes. ``--cost-only`` skips the pixel and action tables.
+
+``--device``: only the in-graph resize (`model.preprocessing.FramePreprocess`), run on that
+device (what `make gpu-check` runs, ``--device cuda``); tables, each starting with a
+``| resolution`` (or ``| filter``) header:
+
+* pixels vs PIL per filter at 640x480 and 1280x720 (640x480 only with ``--quick``): max uint8
+  levels, share of pixels differing, the formulation taken (banded float32 matmuls, or the
+  integer gather); on CUDA also with ``torch.backends.cuda.matmul.allow_tf32 = True``, which the
+  banded weights are built to survive bit for bit (`core.resize.band_table`: weights split to 11
+  significant bits);
+* actions: the shipped demo policy moved to the device, the camera frame into ``encode_frame``
+  (in-graph resize) vs PIL's input, both on the device (0 when the resize is exact), and, off the
+  CPU, the device's actions vs the CPU's (fp32, PIL input), for scale;
+* cost p50/p99 (``--iters``) of PIL on the CPU and of the in-graph preprocessing (resize and
+  normalization, bicubic) on the device; on CUDA ``torch.cuda.synchronize()`` before and after
+  each timed call, the upload of the pinned uint8 frame timed alone and with the preprocessing,
+  and the preprocessing with TF32 on.
+
+Exit 1 (after printing everything) when any resize differs from PIL, 2 when the device is not
+there.
 """
 
 from __future__ import annotations
@@ -41,6 +63,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -86,14 +109,17 @@ def pil(rgb: np.ndarray, resize_filter: str) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((SIZE, SIZE), PIL_FILTER_IDS[resize_filter]))
 
 
-def timing(fn, iters: int) -> dict:
-    """p50/p99 in ms of ``fn`` (after 5 warm-up calls)."""
+def timing(fn, iters: int, sync=None) -> dict:
+    """p50/p99 in ms of ``fn`` (after 5 warm-up calls); ``sync()`` before and after each call."""
+    sync = sync or (lambda: None)
     for _ in range(5):
         fn()
     samples = []
     for _ in range(iters):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         samples.append((time.perf_counter() - t0) * 1e3)
     return {"p50_ms": float(np.percentile(samples, 50)),
             "p99_ms": float(np.percentile(samples, 99)), "iters": iters}
@@ -377,20 +403,242 @@ def resize_cost(torch, iters: int, workdir: Path, model_b) -> dict:
     return out
 
 
+# --- --device: the in-graph resize on one device ----------------------------------------------
+
+DEVICE_RESIZE_ACTION_FILTERS = ("bicubic", "bilinear", "lanczos", "nearest")
+
+
+def device_arg(text: str) -> str:
+    """argparse type of ``--device``: cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    return text
+
+
+@contextlib.contextmanager
+def matmul_tf32(torch, on: bool | None):
+    """``torch.backends.cuda.matmul.allow_tf32 = on`` inside (None: unchanged), restored after."""
+    if on is None:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved, saved_precision = matmul.allow_tf32, getattr(matmul, "fp32_precision", None)
+    matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = saved
+        if saved_precision is not None:
+            with contextlib.suppress(Exception):
+                matmul.fp32_precision = saved_precision
+
+
+def formulation(resize_filter: str, height: int, width: int) -> str:
+    """Which formulation `PilResize` takes for this frame size under the current settings."""
+    from mobile_vla_node.model.preprocessing import PilResize, _float32_matmul_exact
+
+    axes = [n for n in (height, width) if n != SIZE]
+    if (PilResize.banded and _float32_matmul_exact()
+            and all(pil_resize.band_table(n, SIZE, resize_filter) is not None for n in axes)):
+        return "banded matmuls"
+    return "int32 gather"
+
+
+def device_pixels(torch, device, named: dict, refs: dict, resize_filter: str,
+                  tf32: bool | None) -> dict:
+    """`FramePreprocess.resize` on ``device`` vs PIL (``refs``, per frame) at one resolution."""
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    module = FramePreprocess(SIZE, resize_filter, CLIP_MEAN, CLIP_STD).to(device)
+    diffs = []
+    with matmul_tf32(torch, tf32), torch.inference_mode():
+        height, width = next(iter(named.values())).shape[:2]
+        used = formulation(resize_filter, height, width)
+        for k, rgb in named.items():
+            got = module.resize(torch.from_numpy(rgb).to(device)[None])[0].cpu().numpy()
+            diffs.append(np.abs(got.astype(np.int16) - refs[k]).ravel())
+    d = np.concatenate(diffs)
+    return {"formulation": used, "frames": len(named), "max_levels": int(d.max()),
+            "differing_fraction": float((d > 0).mean())}
+
+
+def device_actions(torch, device, scenes: dict) -> list:
+    """The demo policy on ``device``: camera frame (in-graph resize) vs PIL's input."""
+    from mobile_vla_node.core.image_pipeline import ImageChoice
+    from mobile_vla_node.model.loader import ModelSource, load_policy
+
+    rows = []
+    for resize_filter in DEVICE_RESIZE_ACTION_FILTERS:
+        loaded = load_policy(ModelSource("tiny", image=ImageChoice(
+            "custom", resize_filter, 0, CLIP_MEAN, CLIP_STD)))
+        model, window = loaded.model, 8
+        ids = torch.from_numpy(loaded.tokenizer.encode("go to the red box"))[None]
+
+        def act(image, on, model=model, ids=ids, window=window):
+            feature = model.encode_frame(torch.from_numpy(np.array(image)).to(on)[None],
+                                         ids.to(on))
+            actions, _, _ = model.decode(feature[:, None].expand(1, window, -1),
+                                         *model.zero_state(1))
+            return actions[0].float().cpu().numpy()
+
+        with torch.inference_mode():
+            inputs = {k: pil(rgb, resize_filter) for k, rgb in scenes.items()}
+            cpu_ref = ({k: act(x, "cpu") for k, x in inputs.items()}
+                       if device.type != "cpu" else None)
+            model.to(device)
+            ref = {k: act(x, device) for k, x in inputs.items()}
+            d = np.stack([np.abs(act(rgb, device) - ref[k]) for k, rgb in scenes.items()])
+        row = {"filter": resize_filter, "frames": len(scenes),
+               "through": f"torch fp32 {device}", "actions_max_abs": float(d.max()),
+               "actions_mean_abs": float(d.mean())}
+        if cpu_ref is not None:
+            row["device_vs_cpu_max_abs"] = float(max(np.abs(ref[k] - cpu_ref[k]).max()
+                                                     for k in ref))
+        rows.append(row)
+    return rows
+
+
+def device_cost(torch, device, rgb: np.ndarray, iters: int) -> dict:
+    """p50/p99 of PIL (CPU) and of the in-graph preprocessing on ``device``, bicubic."""
+    from mobile_vla_node.model.preprocessing import FramePreprocess
+
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else None
+    module = FramePreprocess(SIZE, "bicubic", CLIP_MEAN, CLIP_STD).to(device)
+    host = torch.from_numpy(rgb)[None]
+    if cuda:
+        host = host.pin_memory()
+    resident = host.to(device)
+    label = "in-graph preprocess bicubic (resize + normalize, fp32)"
+    rows = {"PIL bicubic (CPU)": timing(lambda: pil(rgb, "bicubic"), iters)}
+    with torch.inference_mode():
+        if cuda:
+            rows["upload uint8 frame (pinned, non_blocking)"] = timing(
+                lambda: host.to(device, non_blocking=True), iters, sync)
+        rows[f"{label}, frame on {device}"] = timing(lambda: module(resident), iters, sync)
+        if cuda:
+            rows[f"upload + {label}"] = timing(
+                lambda: module(host.to(device, non_blocking=True)), iters, sync)
+            with matmul_tf32(torch, True):
+                rows[f"{label}, frame on {device}, TF32 on"] = timing(
+                    lambda: module(resident), iters, sync)
+    return rows
+
+
+def device_main(torch, args) -> int:
+    """``--device``: the in-graph resize on one device, vs PIL; Markdown tables, JSON."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print(f"preprocess_parity: --device {args.device} but torch {torch.__version__} sees no "
+              "CUDA device", file=sys.stderr)
+        return 2
+    if cuda and (device.index or 0) >= torch.cuda.device_count():
+        print(f"preprocess_parity: --device {args.device} but torch sees "
+              f"{torch.cuda.device_count()} CUDA devices", file=sys.stderr)
+        return 2
+    if cuda:
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+        name = torch.cuda.get_device_name(index)
+    else:
+        torch.set_num_threads(1)
+        name = f"{platform.processor() or platform.machine()}, 1 torch thread"
+    result = {"device": str(device), "device_name": name,
+              "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus",
+              "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+              "command": "scripts/preprocess_parity.py " + " ".join(args.argv),
+              "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+              "matmul_allow_tf32_default": torch.backends.cuda.matmul.allow_tf32,
+              "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+              "loadavg_start": list(os.getloadavg()), "pixels": {}, "actions": [], "cost": {}}
+    resolutions = ((640, 480),) if args.quick else ((640, 480), (1280, 720))
+    for width, height in resolutions:
+        named = frames(width, height, args.scenes)
+        res = f"{width}x{height}"
+        if not args.cost_only:
+            rows = []
+            for resize_filter in FILTERS:
+                refs = {k: pil(rgb, resize_filter).astype(np.int16) for k, rgb in named.items()}
+                row = {"filter": resize_filter,
+                       **device_pixels(torch, device, named, refs, resize_filter,
+                                       False if cuda else None)}
+                if cuda:
+                    row["tf32"] = device_pixels(torch, device, named, refs, resize_filter, True)
+                rows.append(row)
+            result["pixels"][res] = rows
+            if (width, height) == (640, 480):
+                result["actions"] = device_actions(
+                    torch, device, {k: v for k, v in named.items() if k.startswith("scene_")})
+        result["cost"][res] = device_cost(torch, device, named["scene_0"], args.iters)
+    result["loadavg_end"] = list(os.getloadavg())
+
+    bad = []
+    if result["pixels"]:
+        print(f"| resolution | filter | resize on {device} | frames | max diff (uint8 levels) "
+              "| pixels differing | TF32 on: formulation, max diff, differing |")
+        print("|---|---|---|---|---|---|---|")
+    for res, rows in result["pixels"].items():
+        for r in rows:
+            tf32 = r.get("tf32")
+            tf32_text = (f"{tf32['formulation']}, {tf32['max_levels']}, "
+                         f"{100 * tf32['differing_fraction']:.3f} %" if tf32
+                         else "n/a (not CUDA)")
+            print(f"| {res} | {r['filter']} | {r['formulation']} | {r['frames']} | "
+                  f"{r['max_levels']} | {100 * r['differing_fraction']:.3f} % | {tf32_text} |")
+            if r["max_levels"]:
+                bad.append(f"{res} {r['filter']} ({r['formulation']})")
+            if tf32 and tf32["max_levels"]:
+                bad.append(f"{res} {r['filter']} with TF32 ({tf32['formulation']})")
+    if result["actions"]:
+        print(f"\n| filter | actions on {device}: camera frame vs PIL input, max abs | mean abs "
+              "| device vs CPU fp32 (PIL input), max abs |\n|---|---|---|---|")
+    for r in result["actions"]:
+        vs_cpu = r.get("device_vs_cpu_max_abs")
+        print(f"| {r['filter']} | {r['actions_max_abs']:.2e} | {r['actions_mean_abs']:.2e} | "
+              f"{'n/a' if vs_cpu is None else f'{vs_cpu:.2e}'} |")
+    print(f"\n| resolution | cost, {args.iters} calls | p50 ms | p99 ms |\n|---|---|---|---|")
+    for res, rows in result["cost"].items():
+        for path, t in rows.items():
+            print(f"| {res} | {path} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} |")
+    result["not_bit_exact"] = bad
+    verdict = ("bit-exact vs PIL: every filter and size" + (", TF32 on and off" if cuda else "")
+               if not bad else "NOT bit-exact vs PIL: " + "; ".join(bad))
+    if args.cost_only:
+        verdict = "pixels not compared (--cost-only)"
+    loads = [" ".join(f"{x:.2f}" for x in result[k]) for k in ("loadavg_start", "loadavg_end")]
+    print(f"\n{verdict}\n{device} ({name}), torch {torch.__version__}, {result['machine']}, "
+          f"{result['date_utc']} UTC, load average {loads[0]} at the start, {loads[1]} at the end")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     """Measure and print Markdown tables; write JSON with --json."""
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--iters", type=int, help="timed calls per cost row (default 100; 20 with "
+                   "--quick)")
     p.add_argument("--scenes", type=int, default=20)
-    p.add_argument("--quick", action="store_true", help="640x480 only, 4 scenes, 20 iterations")
+    p.add_argument("--quick", action="store_true",
+                   help="640x480 only, 4 scenes, 20 iterations unless --iters")
     p.add_argument("--json", type=Path)
     p.add_argument("--cost-only", action="store_true",
                    help="only the cost tables (no pixel and action tables)")
+    p.add_argument("--device", type=device_arg,
+                   help="cpu, cuda or cuda:N: only the in-graph torch resize, on that device "
+                   "(pixels vs PIL per filter, TF32 on CUDA, actions, cost)")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
-        args.scenes, args.iters = 4, 20
+        args.scenes = 4
+    if args.iters is None:
+        args.iters = 20 if args.quick else 100
+    if args.device is not None:
+        return device_main(torch, args)
     torch.set_num_threads(1)
     result = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus",
               "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
