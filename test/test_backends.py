@@ -228,6 +228,16 @@ def test_null_backend_takes_the_camera_frame_unless_told(device_preprocess, monk
     assert ("camera-input" in backend.describe().extra["preprocess"]) is device_preprocess
 
 
+def test_camera_input_description_names_the_encoder_and_the_frame():
+    backend = create_backend(BackendConfig(backend="null", model_preset="tiny"))
+    assert backend.describe_camera_input("export", "encoder graph") == \
+        "cpu (model-size export: the runtime resizes)"
+    backend.camera = {"camera_size": [640, 480], "camera_order": "bgr",
+                      "resize_filter": "bicubic"}
+    assert backend.describe_camera_input("engine", "encoder engine") == \
+        "in the encoder engine: 640x480 bgr frames, PIL bicubic tables (bit-exact)"
+
+
 # -- the base class ------------------------------------------------------------------------------
 
 class RecordingBackend(InferenceBackend):

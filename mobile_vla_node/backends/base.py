@@ -191,6 +191,17 @@ class InferenceBackend(ABC):
         return self.infer(to_model_input(rgb, self.spec.image_size, channel_order,
                                          self.spec.resize_filter), text_ids, history)
 
+    def describe_camera_input(self, artifact: str, encoder: str) -> str:
+        """Diagnostics text: where the camera frame is resized.
+
+        ``artifact``/``encoder``: "export"/"encoder graph" (ONNX), "engine"/"encoder engine".
+        """
+        if self.camera is None:
+            return f"cpu (model-size {artifact}: the runtime resizes)"
+        width, height = self.camera["camera_size"]
+        return (f"in the {encoder}: {width}x{height} {self.camera['camera_order']} frames, "
+                f"PIL {self.camera['resize_filter']} tables (bit-exact)")
+
     def warmup(self, iters: int = 3) -> None:
         """Run the full step on dummy inputs (allocations, kernel selection, lazy init).
 

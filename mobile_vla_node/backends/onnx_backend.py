@@ -119,7 +119,7 @@ class OnnxBackend(InferenceBackend):
                    "graph_optimization_level": cfg.graph_optimization_level,
                    "intra_op_threads": cfg.intra_op_threads, "io_binding": self.on_cuda,
                    "opset": meta["export"].get("opset"),
-                   "preprocess": self._describe_preprocess(),
+                   "preprocess": self.describe_camera_input("export", "encoder graph"),
                    "source": (meta["export"].get("source") or {}).get("weights", "")})
 
     @property
@@ -208,13 +208,6 @@ class OnnxBackend(InferenceBackend):
             # The runtime always decodes from a zero state: upload it once, rebind each call.
             self._zero_dev = ort.OrtValue.ortvalue_from_numpy(self._zero_h, "cuda",
                                                               self.device_id)
-
-    def _describe_preprocess(self) -> str:
-        if self.camera is None:
-            return "cpu (model-size export: the runtime resizes)"
-        width, height = self.camera["camera_size"]
-        return (f"in the encoder graph: {width}x{height} {self.camera['camera_order']} frames, "
-                f"PIL {self.camera['resize_filter']} tables (bit-exact)")
 
     def encode(self, image: np.ndarray, text_ids: np.ndarray) -> np.ndarray:
         """uint8 (S, S, 3) + int64 (L,) -> float32 (D,).

@@ -579,14 +579,8 @@ class TensorRTBackend(InferenceBackend):
             extra={"step_precision": manifest.step_precision,
                    "compute_capability": facts["compute_capability"],
                    "engine_built": manifest.created_at, "cuda_graph": graph_state,
-                   "max_text_len": text_max, "preprocess": self._describe_preprocess()})
-
-    def _describe_preprocess(self) -> str:
-        if self.camera is None:
-            return "cpu (model-size engine: the runtime resizes)"
-        width, height = self.camera["camera_size"]
-        return (f"in the encoder engine: {width}x{height} {self.camera['camera_order']} frames, "
-                f"PIL {self.camera['resize_filter']} tables (bit-exact)")
+                   "max_text_len": text_max,
+                   "preprocess": self.describe_camera_input("engine", "encoder engine")})
 
     def _setup_graph(self) -> str:
         """Capture the full-window step (its steady state) in a CUDA graph, or say why not."""
