@@ -14,9 +14,11 @@ topic (``--image-encoding``). Two sources of figures, kept apart in the output:
   tick times, from /diagnostics); ``twist_arrival_probe`` is |interval - period| of /cmd_vel
   arrivals at the bare subscriber (below), which adds DDS delivery: what a subscriber that does
   nothing else sees; ``twist_reception_probe`` is the same from the middleware's reception
-  stamps there (the sample's arrival, before that subscriber's executor: the figure the Twist
-  arrival target is judged on); ``twist_arrival`` is the same at this process, which also
-  publishes the frames (an upper bound).
+  stamps there (the sample's arrival, before that subscriber's executor); ``twist_listener`` is
+  both at a Twist-only subscriber (a base controller's view: its reception stamps are the figure
+  the Twist arrival target is judged on); ``twist_arrival`` is the same at this process, which
+  also publishes the frames (an upper bound); ``bare_timer`` is a bare timer process's own
+  jitter in the same run (the machine's floor).
 * a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
   receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
   ``overhead_ratio`` = the node's overhead p99 / that transport p99.
@@ -242,7 +244,6 @@ class Probe:
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._ready = threading.Event()
-        self.ready_line = ""
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -250,7 +251,6 @@ class Probe:
     def _read(self) -> None:
         for line in self.proc.stdout:
             if line.startswith("ready"):
-                self.ready_line = line.strip()
                 self._ready.set()
             else:
                 self._lines.append(line)
@@ -303,14 +303,23 @@ def publish_frames(driver: Driver, msgs: list, rate_hz: float, total: int, warmu
     return t_start, time.perf_counter(), mono_start, time.monotonic()
 
 
+def interval_jitter(times_s, period_ms: float, source: str, count_key: str = "twists") -> dict:
+    """|interval - period| of a series of times (s): deviation, intervals, misses, count."""
+    times = np.asarray(times_s, np.float64)
+    intervals = np.diff(times) * 1e3
+    return {"source": source, "deviation_ms": summarize(np.abs(intervals - period_ms)),
+            "interval_ms": summarize(intervals),
+            "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
+            count_key: int(times.size)}
+
+
 def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float,
                   node_overhead_p99: float | None) -> dict:
     """The bare subscriber's transport and Twist jitter in the measured window, and the ratio."""
     period_ms = 1e3 / rate_hz
     transport = [t for mono, _stamp, t in record["frames"]
                  if mono_start <= mono <= mono_end + 0.5]
-    twists = np.array([t for t in record["twists"] if mono_start <= t <= mono_end])
-    intervals = np.diff(twists) * 1e3
+    twists = [t for t in record["twists"] if mono_start <= t <= mono_end]
     bare = summarize(transport)
     bare_p99 = bare.get("p99")
     return {
@@ -319,25 +328,20 @@ def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: flo
             "frames": len(transport), "transport_ms": bare},
         "overhead_ratio": (node_overhead_p99 / bare_p99
                            if node_overhead_p99 is not None and bare_p99 else None),
-        "twist_arrival_probe": {
-            "source": "/cmd_vel arrival times at the bare subscriber (DDS + a plain executor)",
-            "deviation_ms": summarize(np.abs(intervals - period_ms)),
-            "interval_ms": summarize(intervals),
-            "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
-            "twists": int(twists.size)},
+        "twist_arrival_probe": interval_jitter(
+            twists, period_ms,
+            "/cmd_vel arrival times at the bare subscriber (DDS + a plain executor)"),
         "twist_reception_probe": _reception_jitter(record.get("twists_received", []),
                                                    mono_start, mono_end, period_ms)}
 
 
 def timer_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float) -> dict:
     """The bare timer's |interval - period| in the measured window: this machine's floor."""
-    ticks = np.array([t for t in record.get("ticks", []) if mono_start <= t <= mono_end])
-    intervals = np.diff(ticks) * 1e3
-    return {"source": "a 50-line Python timer loop in its own process, the node's scheduling, "
-                      "same run (bench.timer_probe)",
-            "scheduling": record.get("scheduling", ""),
-            "deviation_ms": summarize(np.abs(intervals - 1e3 / rate_hz)),
-            "ticks": int(ticks.size)}
+    ticks = [t for t in record.get("ticks", []) if mono_start <= t <= mono_end]
+    return interval_jitter(ticks, 1e3 / rate_hz,
+                           "a 50-line Python timer loop in its own process, the node's "
+                           "scheduling, same run (bench.timer_probe)", "ticks") | {
+        "scheduling": record.get("scheduling", "")}
 
 
 def _reception_jitter(received: list, mono_start: float, mono_end: float,
@@ -347,17 +351,13 @@ def _reception_jitter(received: list, mono_start: float, mono_end: float,
     Fast DDS stamps a sample when its receive thread takes it from the socket, before the
     subscriber's Python runs: arrival over the network stack, free of the measuring executor.
     """
-    stamps = np.array([r for mono, r in received if mono_start <= mono <= mono_end])
+    stamps = [r for mono, r in received if mono_start <= mono <= mono_end]
     source = ("/cmd_vel reception stamps of the middleware at the bare subscriber "
               "(MessageInfo received_timestamp, before its executor)")
-    if stamps.size < 3:
-        return {"source": source, "deviation_ms": {}, "twists": int(stamps.size),
+    if len(stamps) < 3:
+        return {"source": source, "deviation_ms": {}, "twists": len(stamps),
                 "note": "no reception stamps (rclpy without MessageInfo callbacks)"}
-    intervals = np.diff(stamps) * 1e3
-    return {"source": source, "deviation_ms": summarize(np.abs(intervals - period_ms)),
-            "interval_ms": summarize(intervals),
-            "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
-            "twists": int(stamps.size)}
+    return interval_jitter(stamps, period_ms, source)
 
 
 def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dict:
@@ -372,7 +372,6 @@ def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dic
               "scheduling": e2e - transport - preprocess - inference,
               "overhead": transport + preprocess, "worker": preprocess + inference,
               "end_to_end": e2e}
-    intervals = np.diff(np.array(twists)) * 1e3
     diag = driver.latest_diag(before=t_end + DIAG_PERIOD_S)
     control = diag.get(CONTROL_STATUS, {})
     inference_values = diag.get(INFERENCE_STATUS, {})
@@ -389,12 +388,9 @@ def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dic
                 "jitter_max_ms": _num(control, "jitter_max_ms"),
                 "deadline_misses": _num(control, "deadline_misses"),
                 "control_rate_hz": _num(control, "control_rate_hz")},
-            "twist_arrival": {
-                "source": "/cmd_vel arrival times at the bench process (DDS + its executor)",
-                "deviation_ms": summarize(np.abs(intervals - period_ms)),
-                "interval_ms": summarize(intervals),
-                "misses_over_1_5_periods": int(np.sum(intervals > 1.5 * period_ms)),
-                "twists": len(twists)}},
+            "twist_arrival": interval_jitter(
+                twists, period_ms,
+                "/cmd_vel arrival times at the bench process (DDS + its executor)")},
         "node_counters": {k: _num(inputs, k) for k in ("frames_received", "frames_dropped",
                                                        "image_rate_hz")},
         "backend_info": {k: inference_values.get(k) for k in ("backend", "device", "precision",
