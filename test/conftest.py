@@ -40,6 +40,8 @@ LAYERS = {
     "test_bench.py::test_node_mode_frames_in_every_encoding": ("ros",),  # rclpy, no node
     "test_bench.py::test_twist_reception_jitter_uses_the_middleware_stamps": ("unit",),
     "test_bench.py::test_bare_timer_ticks_and_its_figures": ("unit",),
+    "test_bench.py::test_bare_subscriber_figures_use_the_measured_window": ("unit",),
+    "test_bench.py::test_listener_figures_use_the_measured_window": ("unit",),
     "test_checkpoint.py": ("unit",),
     "test_checkpoint_cli.py": ("unit",),
     "test_chunks.py": ("unit",),

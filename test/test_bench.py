@@ -339,24 +339,28 @@ def test_node_mode_null_backend(tmp_path):
         check_stats(run["stages_ms"][stage], run["steps"])
     diag = run["jitter"]["node_diagnostics"]
     assert isinstance(diag["jitter_p99_ms"], float) and diag["control_rate_hz"] > 0
-    # the bench, the bare subscriber's callback, its middleware's reception stamps (rclpy with
-    # MessageInfo callbacks: Jazzy, Kilted)
+    # The two Twist-only listeners (normal, SCHED_FIFO where granted) and the bare timer ran
+    # beside the node in the same window: callback times, and with MessageInfo callbacks (Jazzy,
+    # Kilted) the middleware's reception and writer stamps.
     from rclpy.subscription import Subscription
 
-    wheres = ["twist_arrival", "twist_arrival_probe"]
-    if hasattr(Subscription, "CallbackType"):
-        wheres.append("twist_reception_probe")
-    for where in wheres:
-        twist = run["jitter"][where]
-        assert twist["twists"] >= 2, where
-        check_stats(twist["deviation_ms"], twist["twists"] - 1)
-        check_stats(twist["interval_ms"], twist["twists"] - 1)
-    # The Twist-only listener and the bare timer ran beside the node in the same window.
-    listener = run["jitter"]["twist_listener"]
-    for figure in (listener["callback"],) + ((listener["reception"],) if len(wheres) == 3
-                                              else ()):
-        assert figure["twists"] >= 2
-        check_stats(figure["deviation_ms"], figure["twists"] - 1)
+    stamps = hasattr(Subscription, "CallbackType")
+    for key in ("twist_listener", "twist_listener_realtime"):
+        listener = run["jitter"][key]
+        assert listener["scheduling"], key
+        for figure in (listener["callback"],) + ((listener["reception"],) if stamps else ()):
+            assert figure["twists"] >= 2, key
+            check_stats(figure["deviation_ms"], figure["twists"] - 1)
+            check_stats(figure["interval_ms"], figure["twists"] - 1)
+        if stamps:
+            reception = listener["reception"]
+            check_stats(reception["publish"]["deviation_ms"], reception["twists"] - 1)
+            check_stats(reception["delivery_ms"], reception["twists"])
+            assert reception["delivery_ms"]["min"] >= 0   # one host clock: sent before received
+    # the second listener asked for SCHED_FIFO: granted, or refused with the reason
+    assert run["jitter"]["twist_listener"]["scheduling"] == "normal"
+    assert run["jitter"]["twist_listener_realtime"]["scheduling"].startswith(("SCHED_FIFO",
+                                                                             "normal ("))
     timer = run["jitter"]["bare_timer"]
     assert timer["ticks"] >= 2 and timer["scheduling"]
     check_stats(timer["deviation_ms"], timer["ticks"] - 1)
@@ -375,24 +379,32 @@ def test_node_mode_null_backend(tmp_path):
 
 
 def test_bare_subscriber_figures_use_the_measured_window():
-    from mobile_vla_node.bench.node_mode import probe_figures
+    from mobile_vla_node.bench.node_mode import bare_figures
 
     # frames (monotonic, stamp, transport ms): one before the window, three in it, one in the
-    # 0.5 s grace after it, one after that; Twists every 20 ms with one 45 ms gap in the window.
+    # 0.5 s grace after it, one after that
     record = {"frames": [[9.0, 0, 50.0], [10.0, 0, 1.0], [10.5, 0, 2.0], [11.0, 0, 4.0],
-                         [11.3, 0, 3.0], [12.0, 0, 99.0]],
-              "twists": [9.98, 10.0, 10.02, 10.04, 10.085, 10.105, 11.5]}
-    out = probe_figures(record, 10.0, 11.0, 50.0, node_overhead_p99=6.0)
+                         [11.3, 0, 3.0], [12.0, 0, 99.0]], "twists": []}
+    out = bare_figures(record, 10.0, 11.0, node_overhead_p99=6.0)
     bare = out["bare_transport"]
     assert bare["frames"] == 4 and bare["transport_ms"]["max"] == 4.0
     assert out["overhead_ratio"] == pytest.approx(6.0 / bare["transport_ms"]["p99"])
-    twist = out["twist_arrival_probe"]
+    empty = bare_figures({"frames": [], "twists": []}, 10.0, 11.0, 6.0)
+    assert empty["bare_transport"]["frames"] == 0 and empty["overhead_ratio"] is None
+
+
+def test_listener_figures_use_the_measured_window():
+    from mobile_vla_node.bench.node_mode import listener_figures
+
+    # Twists every 20 ms with one 45 ms gap in the window; no reception stamps (Humble)
+    record = {"frames": [], "twists": [9.98, 10.0, 10.02, 10.04, 10.085, 10.105, 11.5],
+              "scheduling": "normal"}
+    out = listener_figures(record, 10.0, 11.0, 50.0)
+    twist = out["callback"]
     assert twist["twists"] == 5 and twist["misses_over_1_5_periods"] == 1
     assert twist["interval_ms"]["max"] == pytest.approx(45.0)
     assert twist["deviation_ms"]["max"] == pytest.approx(25.0)
-    assert out["twist_reception_probe"]["twists"] == 0   # no reception stamps in this record
-    empty = probe_figures({"frames": [], "twists": []}, 10.0, 11.0, 50.0, 6.0)
-    assert empty["bare_transport"]["frames"] == 0 and empty["overhead_ratio"] is None
+    assert out["reception"]["twists"] == 0 and out["scheduling"] == "normal"
 
 
 def test_bare_timer_ticks_and_its_figures():
@@ -416,21 +428,36 @@ def test_bare_timer_ticks_and_its_figures():
 
 
 def test_twist_reception_jitter_uses_the_middleware_stamps():
-    from mobile_vla_node.bench.node_mode import probe_figures
+    from mobile_vla_node.bench.node_mode import listener_figures
     from mobile_vla_node.bench.render import twist_arrival_p99
 
-    # callbacks late and bunched (monotonic), reception stamps every 20 ms but one 30 ms gap;
-    # the first and last are outside the window [10, 11] by their callback time
+    # callbacks late and bunched (monotonic); the first and last are outside the window [10, 11]
+    # by their callback time. The node's writer stamps every 20 ms but one written 2 ms late;
+    # each sample is received 0.5 ms after its write, but that one 8 ms after.
     mono = [9.9, 10.01, 10.05, 10.051, 10.052, 10.09, 11.2]
-    received = [100.0, 100.02, 100.04, 100.06, 100.09, 100.11, 100.13]
-    pairs = list(zip(mono, received, strict=True))
-    record = {"frames": [], "twists": mono, "twists_received": pairs}
-    out = probe_figures(record, 10.0, 11.0, 50.0, None)
-    rec = out["twist_reception_probe"]
-    assert rec["twists"] == 5 and rec["interval_ms"]["max"] == pytest.approx(30.0)
-    assert rec["deviation_ms"]["max"] == pytest.approx(10.0)
-    assert out["twist_arrival_probe"]["deviation_ms"]["max"] > 15.0   # the callbacks' own delay
-    run = {"jitter": out}
+    sent = [99.9995 + 0.02 * i for i in range(7)]
+    sent[4] += 0.002
+    received = [t + 0.0005 for t in sent]
+    received[4] = sent[4] + 0.008
+    record = {"frames": [], "twists": mono,
+              "twists_received": [list(t) for t in zip(mono, received, sent, strict=True)]}
+    out = listener_figures(record, 10.0, 11.0, 50.0)
+    rec = out["reception"]
+    # receptions 100.02, .04, .06, .0895, .10: intervals 20, 20, 29.5, 10.5
+    assert rec["twists"] == 5 and rec["interval_ms"]["max"] == pytest.approx(29.5)
+    assert rec["deviation_ms"]["max"] == pytest.approx(9.5)
+    assert out["callback"]["deviation_ms"]["max"] > 15.0   # the callbacks' own delay
+    # the split: the node's writes deviate by 2 ms at most, delivery is 0.5 ms but once 8 ms
+    assert rec["publish"]["deviation_ms"]["max"] == pytest.approx(2.0, abs=1e-6)
+    assert rec["delivery_ms"]["max"] == pytest.approx(8.0, abs=1e-6)
+    assert rec["delivery_ms"]["p50"] == pytest.approx(0.5, abs=1e-6)
+    run = {"jitter": {"twist_listener": out}}
     assert twist_arrival_p99(run) == rec["deviation_ms"]["p99"]
-    run["jitter"] = {"twist_arrival_probe": out["twist_arrival_probe"]}   # Humble: no stamps
-    assert twist_arrival_p99(run) == out["twist_arrival_probe"]["deviation_ms"]["p99"]
+    # Humble (no MessageInfo): the callback times; no writer stamps: no split
+    humble = listener_figures({"frames": [], "twists": mono}, 10.0, 11.0, 50.0)
+    run["jitter"] = {"twist_listener": humble}
+    assert twist_arrival_p99(run) == humble["callback"]["deviation_ms"]["p99"]
+    unsplit = listener_figures({"frames": [], "twists": mono, "twists_received":
+                                [[m, r, 0] for m, r in zip(mono, received, strict=True)]},
+                               10.0, 11.0, 50.0)
+    assert "publish" not in unsplit["reception"] and "delivery_ms" not in unsplit["reception"]

@@ -10,15 +10,18 @@ topic (``--image-encoding``). Two sources of figures, kept apart in the output:
   ``overhead = transport + preprocess`` per step and ``scheduling = end_to_end - transport -
   preprocess - inference`` (worker wake-up plus the wait for the next control tick, which alone is
   uniform in [0, period), mean period/2);
-* control-timer jitter three times: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its
-  tick times, from /diagnostics); ``twist_arrival_probe`` is |interval - period| of /cmd_vel
-  arrivals at the bare subscriber (below), which adds DDS delivery: what a subscriber that does
-  nothing else sees; ``twist_reception_probe`` is the same from the middleware's reception
-  stamps there (the sample's arrival, before that subscriber's executor); ``twist_listener`` is
-  both at a Twist-only subscriber (a base controller's view: its reception stamps are the figure
-  the Twist arrival target is judged on); ``twist_arrival`` is the same at this process, which
-  also publishes the frames (an upper bound); ``bare_timer`` is a bare timer process's own
-  jitter in the same run (the machine's floor).
+* control-timer jitter: ``node_diagnostics`` is the node's ``jitter_p99_ms`` (its tick times,
+  from /diagnostics); ``twist_listener`` is |interval - period| of /cmd_vel at a Twist-only
+  subscriber in its own process (a base controller's view): from the middleware's reception
+  stamps (the sample's arrival, before that subscriber's executor: the figure the Twist arrival
+  target is judged on) and from its callback times, with the arrival split into ``publish`` (the
+  node's DDS writer stamps of each Twist) and ``delivery_ms`` (reception - writer stamp);
+  ``twist_listener_realtime`` is a second one with SCHED_FIFO at the control thread's priority
+  (a real-time base controller); ``bare_timer`` is a bare timer process's own jitter in the same
+  run (the machine's floor). These two listeners are the only /cmd_vel subscribers the bench
+  starts: every reader costs the node's publish a wake-up (0.2-0.6 ms each on this 2-core VM,
+  docs/BENCHMARKS.md), so the apparatus subscribes no more than a robot does (a base controller
+  and a recorder);
 * a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
   receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
   ``overhead_ratio`` = the node's overhead p99 / that transport p99.
@@ -113,7 +116,6 @@ class Driver:
     def __init__(self, encoding: str = "rgb8"):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64MultiArray, String
@@ -131,10 +133,8 @@ class Driver:
             self.image_pub = self.node.create_publisher(Image, RAW_TOPIC, profile("camera"))
         self.command_pub = self.node.create_publisher(String, "/vla/command", profile("command"))
         self.lock = threading.Lock()
-        self.twists: list[float] = []
         self.timings: list[tuple[float, list]] = []
         self.diags: list[tuple[float, dict]] = []
-        self.node.create_subscription(Twist, "/cmd_vel", self._on_twist, profile("record"))
         self.node.create_subscription(Float64MultiArray, TIMING_TOPIC, self._on_timing,
                                       profile("record"))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
@@ -150,11 +150,6 @@ class Driver:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception:  # the context was shut down while spinning
                 return
-
-    def _on_twist(self, msg) -> None:
-        now = time.perf_counter()
-        with self.lock:
-            self.twists.append(now)
 
     def _on_timing(self, msg) -> None:
         now = time.perf_counter()
@@ -232,13 +227,14 @@ class Probe:
     ``bench.probe`` (the bare subscriber, the default) or ``bench.timer_probe`` (the bare timer).
     """
 
-    def __init__(self, env: dict, encoding: str = "rgb8", cmd_vel_topic: str = "/cmd_vel",
-                 argv: list[str] | None = None, module: str = "probe"):
-        if argv is None:
+    def __init__(self, env: dict, encoding: str = "rgb8", argv: list[str] | None = None,
+                 module: str = "probe"):
+        if argv is None:   # the bare subscriber: the camera topic, no /cmd_vel
             image_topic, kind = ((COMPRESSED_TOPIC, "compressed") if encoding == "jpeg"
                                  else (RAW_TOPIC, "raw"))
-            argv = [image_topic, cmd_vel_topic, kind]
-        self.what = "the bare subscriber" if module == "probe" else "the bare timer"
+            argv = [image_topic, "-", kind]
+        self.what = ("the bare timer" if module != "probe" else
+                     "a Twist listener" if argv[0] == "-" else "the bare subscriber")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"mobile_vla_node.bench.{module}", *argv],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -256,7 +252,7 @@ class Probe:
                 self._lines.append(line)
 
     def ready(self) -> bool:
-        """It is set up (the bare subscriber: a Twist from the node arrived)."""
+        """It is set up (a Twist listener: a Twist from the node arrived)."""
         if self.proc.poll() is not None and not self._ready.is_set():
             raise RuntimeError(f"{self.what} exited (code {self.proc.returncode})")
         return self._ready.is_set()
@@ -313,13 +309,11 @@ def interval_jitter(times_s, period_ms: float, source: str, count_key: str = "tw
             count_key: int(times.size)}
 
 
-def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float,
-                  node_overhead_p99: float | None) -> dict:
-    """The bare subscriber's transport and Twist jitter in the measured window, and the ratio."""
-    period_ms = 1e3 / rate_hz
+def bare_figures(record: dict, mono_start: float, mono_end: float,
+                 node_overhead_p99: float | None) -> dict:
+    """The bare subscriber's transport in the measured window, and the node's ratio to it."""
     transport = [t for mono, _stamp, t in record["frames"]
                  if mono_start <= mono <= mono_end + 0.5]
-    twists = [t for t in record["twists"] if mono_start <= t <= mono_end]
     bare = summarize(transport)
     bare_p99 = bare.get("p99")
     return {
@@ -327,12 +321,22 @@ def probe_figures(record: dict, mono_start: float, mono_end: float, rate_hz: flo
             "source": "a plain rclpy subscriber in its own process, same frames (bench.probe)",
             "frames": len(transport), "transport_ms": bare},
         "overhead_ratio": (node_overhead_p99 / bare_p99
-                           if node_overhead_p99 is not None and bare_p99 else None),
-        "twist_arrival_probe": interval_jitter(
-            twists, period_ms,
-            "/cmd_vel arrival times at the bare subscriber (DDS + a plain executor)"),
-        "twist_reception_probe": _reception_jitter(record.get("twists_received", []),
-                                                   mono_start, mono_end, period_ms)}
+                           if node_overhead_p99 is not None and bare_p99 else None)}
+
+
+def listener_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float) -> dict:
+    """A Twist-only listener's /cmd_vel jitter in the measured window: reception and callback."""
+    period_ms = 1e3 / rate_hz
+    twists = [t for t in record["twists"] if mono_start <= t <= mono_end]
+    return {
+        "source": "a Twist-only subscriber in its own process (no camera frames, as a base "
+                  "controller): reception stamps, and callback times",
+        "scheduling": record.get("scheduling", "normal"),
+        "reception": _reception_jitter(record.get("twists_received", []), mono_start,
+                                       mono_end, period_ms),
+        "callback": interval_jitter(twists, period_ms,
+                                    "/cmd_vel arrival times at the listener (DDS + a plain "
+                                    "executor)")}
 
 
 def timer_figures(record: dict, mono_start: float, mono_end: float, rate_hz: float) -> dict:
@@ -346,26 +350,35 @@ def timer_figures(record: dict, mono_start: float, mono_end: float, rate_hz: flo
 
 def _reception_jitter(received: list, mono_start: float, mono_end: float,
                       period_ms: float) -> dict:
-    """|interval - period| of the middleware's reception stamps of /cmd_vel at the bare subscriber.
+    """|interval - period| of the middleware's reception stamps of /cmd_vel at a listener.
 
-    Fast DDS stamps a sample when its receive thread takes it from the socket, before the
+    Fast DDS stamps a sample when its receive thread takes it from the transport, before the
     subscriber's Python runs: arrival over the network stack, free of the measuring executor.
+    Where the sample also carries its writer's stamp (``source_timestamp``, taken by the node's
+    DDS writer at publish), the arrival jitter is split in two: ``publish`` (the same intervals
+    at the node's writer) and ``delivery_ms`` (reception - source per Twist: DDS plus the wait
+    of the subscriber's receive thread for a CPU). Both stamps are this host's real-time clock.
     """
-    stamps = [r for mono, r in received if mono_start <= mono <= mono_end]
-    source = ("/cmd_vel reception stamps of the middleware at the bare subscriber "
+    rows = [r for r in received if mono_start <= r[0] <= mono_end]
+    source = ("/cmd_vel reception stamps of the middleware at the listener "
               "(MessageInfo received_timestamp, before its executor)")
-    if len(stamps) < 3:
-        return {"source": source, "deviation_ms": {}, "twists": len(stamps),
+    if len(rows) < 3:
+        return {"source": source, "deviation_ms": {}, "twists": len(rows),
                 "note": "no reception stamps (rclpy without MessageInfo callbacks)"}
-    return interval_jitter(stamps, period_ms, source)
+    result = interval_jitter([r[1] for r in rows], period_ms, source)
+    if all(len(r) > 2 and r[2] for r in rows):
+        sent = np.array([r[2] for r in rows])
+        result["publish"] = interval_jitter(
+            sent, period_ms, "/cmd_vel write times at the node (MessageInfo source_timestamp)")
+        result["delivery_ms"] = summarize((np.array([r[1] for r in rows]) - sent) * 1e3)
+    return result
 
 
 def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dict:
-    """Per-step stages, both jitter figures and the node's own counters for [t_start, t_end]."""
+    """Per-step stages, the node's own jitter and counters for [t_start, t_end]."""
     period_ms = 1e3 / rate_hz
     with driver.lock:
         timings = [d for t, d in driver.timings if t_start <= t <= t_end + 0.5]
-        twists = [t for t in driver.twists if t_start <= t <= t_end]
     arr = np.array(timings, np.float64).reshape(-1, 4)
     transport, preprocess, inference, e2e = (arr[:, i] for i in range(4))
     stages = {"transport": transport, "preprocess": preprocess, "inference": inference,
@@ -387,10 +400,7 @@ def analyse(driver: Driver, t_start: float, t_end: float, rate_hz: float) -> dic
                 "jitter_p99_ms": _num(control, "jitter_p99_ms"),
                 "jitter_max_ms": _num(control, "jitter_max_ms"),
                 "deadline_misses": _num(control, "deadline_misses"),
-                "control_rate_hz": _num(control, "control_rate_hz")},
-            "twist_arrival": interval_jitter(
-                twists, period_ms,
-                "/cmd_vel arrival times at the bench process (DDS + its executor)")},
+                "control_rate_hz": _num(control, "control_rate_hz")}},
         "node_counters": {k: _num(inputs, k) for k in ("frames_received", "frames_dropped",
                                                        "image_rate_hz")},
         "backend_info": {k: inference_values.get(k) for k in ("backend", "device", "precision",
@@ -417,14 +427,18 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     probe = Probe(env, encoding)
     priority = str(params.get("control_thread_priority", CONTROL_PRIORITY_DEFAULT))
     timer = Probe(env, argv=[f"{rate_hz:g}", priority], module="timer_probe")
+    # Two Twist-only listeners (a base controller's view): normal scheduling, and SCHED_FIFO at
+    # the control thread's priority, as a real-time base controller runs (where it is granted).
     listener = Probe(env, argv=["-", "/cmd_vel", "raw"])
+    listener_rt = Probe(env, argv=["-", "/cmd_vel", "raw", priority])
     driver = Driver(encoding)
     try:
         t0 = time.perf_counter()
         driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
                         "the node to load, warm up and activate")
         startup_s = time.perf_counter() - t0
-        driver.wait_for(lambda: probe.ready() and listener.ready() and timer.ready()
+        driver.wait_for(lambda: probe.ready() and listener.ready() and listener_rt.ready()
+                        and timer.ready()
                         and driver.image_pub.get_subscription_count() >= 2,
                         30.0, proc, "the bare subscriber to match the node and the camera")
         from std_msgs.msg import String
@@ -440,18 +454,13 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         cpu1 = node_proc.cpu_times()
         time.sleep(2 * DIAG_PERIOD_S + 0.2)
         result = analyse(driver, t_start, t_end, rate_hz)
-        bare = probe_figures(probe.collect(), mono_start, mono_end, rate_hz,
-                             result["stages_ms"]["overhead"].get("p99"))
-        result["jitter"]["twist_arrival_probe"] = bare.pop("twist_arrival_probe")
-        result["jitter"]["twist_reception_probe"] = bare.pop("twist_reception_probe")
-        heard = probe_figures(listener.collect(), mono_start, mono_end, rate_hz, None)
-        result["jitter"]["twist_listener"] = {
-            "source": "a Twist-only subscriber in its own process (no camera frames, as a base "
-                      "controller): reception stamps, and callback times",
-            "reception": heard["twist_reception_probe"], "callback": heard["twist_arrival_probe"]}
+        result.update(bare_figures(probe.collect(), mono_start, mono_end,
+                                   result["stages_ms"]["overhead"].get("p99")))
+        for key, who in (("twist_listener", listener), ("twist_listener_realtime", listener_rt)):
+            result["jitter"][key] = listener_figures(who.collect(), mono_start, mono_end,
+                                                     rate_hz)
         result["jitter"]["bare_timer"] = timer_figures(timer.collect(), mono_start, mono_end,
                                                        rate_hz)
-        result.update(bare)
         busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         received = result["node_counters"]["frames_received"]
         result.update({
@@ -478,5 +487,6 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         probe.close()
         timer.close()
         listener.close()
+        listener_rt.close()
         driver.close()
         stop_node(proc, timeout=15.0)

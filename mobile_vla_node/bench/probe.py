@@ -1,27 +1,30 @@
-"""The bare subscriber of `vla_bench --mode node`: the baseline the node is judged against.
+"""The baseline subscribers of `vla_bench --mode node`: the bare subscriber, the Twist listeners.
 
-Its own process, started by the bench beside the node: a plain rclpy node, the default
-``SingleThreadedExecutor``, and callbacks that only read a clock. It sees the same frames as the
-node (same topic, same QoS, same publisher, same run), so its transport is what DDS plus a Python
-subscriber cost here, and the node's overhead is stated as a ratio to it.
+Each runs in its own process, started by the bench beside the node: a plain rclpy node, the
+default ``SingleThreadedExecutor``, and callbacks that only read a clock. One program, two roles:
 
-* camera frames: transport = receive time - header stamp, on ROS time like the node's own;
-* ``/cmd_vel``: arrival times, the Twist jitter a subscriber that does nothing else sees (the bench
-  process publishes ~28 MB/s of frames, which delays its own receipt of the Twists). Two clocks
-  per Twist: the callback's ``time.monotonic()`` (after this process's executor) and, where
-  rclpy passes a ``MessageInfo`` (``Subscription.CallbackType``, rclpy >= Iron), its
-  ``received_timestamp``: when the middleware received the sample (Fast DDS: its reception
-  timestamp, taken in the DDS receive thread, before any Python of this process runs).
+* the **bare subscriber** (camera topic, no /cmd_vel): it sees the same frames as the node (same
+  topic, same QoS, same publisher, same run), so its transport (receive time - header stamp, on
+  ROS time like the node's own) is what DDS plus a Python subscriber cost here, and the node's
+  overhead is stated as a ratio to it;
+* a **Twist listener** (/cmd_vel only, as a robot's base controller): /cmd_vel arrival times. Two
+  clocks per Twist: the callback's ``time.monotonic()`` (after this process's executor) and,
+  where rclpy passes a ``MessageInfo`` (``Subscription.CallbackType``, rclpy >= Iron), its
+  ``received_timestamp`` (Fast DDS: taken in the DDS receive thread, before any Python of this
+  process runs) and ``source_timestamp`` (the node's DDS writer's stamp at publish).
 
-Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC [raw|compressed]``
-(the camera message type: ``sensor_msgs/Image`` or ``CompressedImage``, default raw; IMAGE_TOPIC
-``-``: no camera subscription, a Twist listener only, as a robot's base controller is); it prints
-``ready`` once a Twist from the node arrived (discovery is done), and at end of stdin (the bench
-closes the pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
-"twists": [monotonic_s, ...], "twists_received": [[monotonic_s, received_s], ...]}``
-(``twists_received`` empty without MessageInfo). Times are ``time.monotonic()``
-(CLOCK_MONOTONIC on Linux: one clock for all processes), so the bench selects the same window it
-measured.
+Protocol: ``python -m mobile_vla_node.bench.probe IMAGE_TOPIC CMD_VEL_TOPIC [raw|compressed
+[PRIORITY]]`` (the camera message type: ``sensor_msgs/Image`` or ``CompressedImage``, default raw;
+IMAGE_TOPIC or CMD_VEL_TOPIC ``-``: no subscription to it; PRIORITY > 0: the process asks for
+SCHED_FIFO at that priority before ``rclpy.init``, so the middleware's receive threads inherit
+it, as a real-time base controller's would). It prints ``ready`` once a Twist from the node
+arrived (discovery is done; with no /cmd_vel subscription, as soon as it has subscribed: the
+bench then waits for the camera publisher's match), and at end of stdin (the bench closes the
+pipe) one JSON line: ``{"frames": [[monotonic_s, stamp_s, transport_ms], ...],
+"twists": [monotonic_s, ...], "twists_received": [[monotonic_s, received_s, source_s], ...],
+"scheduling": "..."}`` (``twists_received`` empty without MessageInfo; ``source_s`` is 0 where
+the middleware gives none). Times are ``time.monotonic()`` (CLOCK_MONOTONIC on Linux: one clock
+for all processes), so the bench selects the same window it measured.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ def main(argv=None) -> int:
     from rclpy.subscription import Subscription
     from sensor_msgs.msg import CompressedImage, Image
 
+    from ..ros.control_thread import set_realtime
     from ..ros.qos import profile
 
     args = list(argv if argv is not None else sys.argv[1:])
     image_topic, cmd_vel_topic = args[:2]
     image_type = CompressedImage if args[2:3] == ["compressed"] else Image
+    # before rclpy.init: the DDS threads it starts inherit the policy
+    scheduling = set_realtime(int(args[3])) if args[3:4] else "normal"
     frames: list = []
     twists: list = []
     ready = threading.Event()
@@ -65,7 +71,8 @@ def main(argv=None) -> int:
         twists.append(mono)
         stamp = info.get("received_timestamp") if info is not None else None
         if stamp:   # 0 where the middleware does not fill it
-            received.append((mono, stamp * 1e-9))
+            source = info.get("source_timestamp") or 0
+            received.append((mono, stamp * 1e-9, source * 1e-9))
         if not ready.is_set():
             ready.set()
             print("ready", flush=True)
@@ -74,9 +81,13 @@ def main(argv=None) -> int:
         node.create_subscription(image_type, image_topic, on_image, profile("camera"))
     # rclpy without MessageInfo callbacks (Humble) gets a one-argument callback
     with_info = hasattr(Subscription, "CallbackType")
-    node.create_subscription(Twist, cmd_vel_topic,
-                             on_twist if with_info else (lambda msg: on_twist(msg, None)),
-                             profile("record"))
+    if cmd_vel_topic != "-":
+        node.create_subscription(Twist, cmd_vel_topic,
+                                 on_twist if with_info else (lambda msg: on_twist(msg, None)),
+                                 profile("record"))
+    else:   # nothing to wait for here: the bench waits for the camera publisher's match
+        ready.set()
+        print("ready", flush=True)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     done = threading.Event()
@@ -90,7 +101,8 @@ def main(argv=None) -> int:
         while not done.is_set() and context.ok():
             executor.spin_once(timeout_sec=0.1)
     finally:
-        print(json.dumps({"frames": frames, "twists": twists, "twists_received": received}),
+        print(json.dumps({"frames": frames, "twists": twists, "twists_received": received,
+                          "scheduling": scheduling}),
               flush=True)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
