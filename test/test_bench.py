@@ -140,6 +140,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(SystemExit):
         bench.parse_args(["--backends", "torch", "--mode", "model", "--iters", "1",
                           "--warmup", "0", "--json", "x.json"])
+    with pytest.raises(SystemExit):   # the Twist listeners are node mode's
+        bench.parse_args(["--preset", "tiny", "--backends", "torch", "--mode", "model",
+                          "--twist-listeners", "normal", "--json", "x.json"])
 
 
 def test_camera_input_exports_take_the_node_mode_frame(tmp_path, monkeypatch):

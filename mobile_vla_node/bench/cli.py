@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="node mode: preprocessing in the graph: exports take the 640x480 camera "
                         "frame (vla_export --camera-size) and the null backend takes it as "
                         "received; default: model-size graphs, the node resizes on the CPU")
+    p.add_argument("--twist-listeners", choices=("both", "normal", "realtime"), default="both",
+                   help="node mode: the Twist-only /cmd_vel listeners beside the node: one at "
+                        "normal scheduling, one at SCHED_FIFO (a real-time base controller), or "
+                        "both (default; they receive each Twist at the same moment, so on a "
+                        "small machine each delays the other a little)")
     p.add_argument("--onnx-path", type=Path, help="existing export NAME.onnx (else exported)")
     p.add_argument("--engine-path", type=Path, help="existing TensorRT FILE.engine (else built "
                    "from the ONNX export)")
@@ -170,6 +175,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--image-encoding is a node-mode option")
     if args.camera_input and args.mode != "node":
         parser.error("--camera-input is a node-mode option (its frames are 640x480)")
+    if args.twist_listeners != "both" and args.mode != "node":
+        parser.error("--twist-listeners is a node-mode option")
     if args.camera_input and (args.onnx_path or args.engine_path):
         parser.error("--camera-input exports its own camera-input models; drop --onnx-path / "
                      "--engine-path")
@@ -392,6 +399,7 @@ def _main(args, argv: list[str]) -> int:
                     "backend_params": args.backend_params,
                     "camera_input": bool(getattr(args, "camera_input", False)),
                     "image_encoding": getattr(args, "image_encoding", "rgb8"),
+                    "twist_listeners": getattr(args, "twist_listeners", "both"),
                     "control_rates_hz": args.rates, "environment": environment(argv)}
     with tempfile.TemporaryDirectory(prefix="vla_bench_") as tmp:
         workdir = Path(tmp)
@@ -458,7 +466,8 @@ def run_node_mode(args, workdir: Path) -> dict:
         job = {"backend": backend, "preset": args.preset, "device": args.device,
                "precision": args.precision, "model_path": model_path(args, backend),
                "iters": args.iters, "warmup": args.warmup, "seed": 0,
-               "extra_params": args.node_params, "image_encoding": args.image_encoding}
+               "extra_params": args.node_params, "image_encoding": args.image_encoding,
+               "twist_listeners": args.twist_listeners}
         if backend == "null":   # the same preprocessing as the models it is compared with
             job["extra_params"] = {"device_preprocess": args.camera_input} | args.node_params
         runs = {}

@@ -18,10 +18,10 @@ topic (``--image-encoding``). Two sources of figures, kept apart in the output:
   node's DDS writer stamps of each Twist) and ``delivery_ms`` (reception - writer stamp);
   ``twist_listener_realtime`` is a second one with SCHED_FIFO at the control thread's priority
   (a real-time base controller); ``bare_timer`` is a bare timer process's own jitter in the same
-  run (the machine's floor). These two listeners are the only /cmd_vel subscribers the bench
-  starts: every reader costs the node's publish a wake-up (0.2-0.6 ms each on this 2-core VM,
-  docs/BENCHMARKS.md), so the apparatus subscribes no more than a robot does (a base controller
-  and a recorder);
+  run (the machine's floor). These listeners (``--twist-listeners both|normal|realtime``) are the
+  only /cmd_vel subscribers the bench starts: every reader costs the node's publish a wake-up
+  (0.2-0.6 ms each on this 2-core VM, docs/BENCHMARKS.md), so the apparatus subscribes no more
+  than a robot does (a base controller and a recorder);
 * a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
   receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
   ``overhead_ratio`` = the node's overhead p99 / that transport p99.
@@ -427,18 +427,21 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     probe = Probe(env, encoding)
     priority = str(params.get("control_thread_priority", CONTROL_PRIORITY_DEFAULT))
     timer = Probe(env, argv=[f"{rate_hz:g}", priority], module="timer_probe")
-    # Two Twist-only listeners (a base controller's view): normal scheduling, and SCHED_FIFO at
-    # the control thread's priority, as a real-time base controller runs (where it is granted).
-    listener = Probe(env, argv=["-", "/cmd_vel", "raw"])
-    listener_rt = Probe(env, argv=["-", "/cmd_vel", "raw", priority])
+    # Twist-only listeners (a base controller's view): normal scheduling, and SCHED_FIFO at the
+    # control thread's priority, as a real-time base controller runs (where it is granted).
+    which = job.get("twist_listeners", "both")
+    listeners = {key: Probe(env, argv=["-", "/cmd_vel", "raw", *extra])
+                 for key, extra, kind in (("twist_listener", [], "normal"),
+                                          ("twist_listener_realtime", [priority], "realtime"))
+                 if which in ("both", kind)}
     driver = Driver(encoding)
     try:
         t0 = time.perf_counter()
         driver.wait_for(lambda: node_active(driver.latest_diag()), startup_timeout, proc,
                         "the node to load, warm up and activate")
         startup_s = time.perf_counter() - t0
-        driver.wait_for(lambda: probe.ready() and listener.ready() and listener_rt.ready()
-                        and timer.ready()
+        driver.wait_for(lambda: probe.ready() and timer.ready()
+                        and all(who.ready() for who in listeners.values())
                         and driver.image_pub.get_subscription_count() >= 2,
                         30.0, proc, "the bare subscriber to match the node and the camera")
         from std_msgs.msg import String
@@ -456,7 +459,7 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
         result = analyse(driver, t_start, t_end, rate_hz)
         result.update(bare_figures(probe.collect(), mono_start, mono_end,
                                    result["stages_ms"]["overhead"].get("p99")))
-        for key, who in (("twist_listener", listener), ("twist_listener_realtime", listener_rt)):
+        for key, who in listeners.items():
             result["jitter"][key] = listener_figures(who.collect(), mono_start, mono_end,
                                                      rate_hz)
         result["jitter"]["bare_timer"] = timer_figures(timer.collect(), mono_start, mono_end,
@@ -486,7 +489,7 @@ def run_node(job: dict, rate_hz: float, image_rate_hz: float, workdir: Path,
     finally:
         probe.close()
         timer.close()
-        listener.close()
-        listener_rt.close()
+        for who in listeners.values():
+            who.close()
         driver.close()
         stop_node(proc, timeout=15.0)
