@@ -182,8 +182,7 @@ def _mode_rows(report: dict, names: list[str]) -> list[list]:
                        ("p99", "max")) for n in names],
                 [f"{rate} Hz jitter p50 / p99 (Twist reception stamps at a Twist-only "
                  "listener) (ms)"] + [
-                    _pp(run[n]["jitter"].get("twist_listener", {}).get("reception", {})
-                        .get("deviation_ms")) for n in names],
+                    _pp(_reception(run[n]).get("deviation_ms")) for n in names],
                 [f"{rate} Hz jitter p50 / p99 (Twist reception stamps at a SCHED_FIFO "
                  "Twist-only listener) (ms)"] + [
                     _pp(_reception(run[n], "twist_listener_realtime").get("deviation_ms"))
