@@ -19,9 +19,10 @@ topic (``--image-encoding``). Two sources of figures, kept apart in the output:
   ``twist_listener_realtime`` is a second one with SCHED_FIFO at the control thread's priority
   (a real-time base controller); ``bare_timer`` is a bare timer process's own jitter in the same
   run (the machine's floor). These listeners (``--twist-listeners both|normal|realtime``) are the
-  only /cmd_vel subscribers the bench starts: every reader costs the node's publish a wake-up
-  (0.2-0.6 ms each on this 2-core VM, docs/BENCHMARKS.md), so the apparatus subscribes no more
-  than a robot does (a base controller and a recorder);
+  only /cmd_vel subscribers the bench starts: every reader adds a cross-process wake-up to
+  each of the node's publishes (one reader: 0.22 ms per publish, four: 0.63 ms, on this 2-core
+  VM; docs/BENCHMARKS.md), so the apparatus subscribes no more than a robot does (a base
+  controller and a recorder);
 * a bare baseline in the same run (`bench.probe`): a plain rclpy subscriber in its own process
   receives the same frames; its transport p99 is what DDS plus a Python callback cost here, and
   ``overhead_ratio`` = the node's overhead p99 / that transport p99.
