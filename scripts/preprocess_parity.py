@@ -228,6 +228,18 @@ def pixel_table(torch, named: dict, shape, workdir: Path) -> list:
 
 # --- actions ----------------------------------------------------------------------------------
 
+WINDOW = 8   # the demo policy's window: one frame's feature fills it
+
+
+def window_actions(torch, model, ids, image, device="cpu") -> np.ndarray:
+    """The policy's actions for one uint8 frame (any size: `encode_frame` resizes in the graph)
+    whose feature fills the window, on ``device``."""
+    feature = model.encode_frame(torch.from_numpy(np.array(image)).to(device)[None],
+                                 ids.to(device))
+    actions, _, _ = model.decode(feature[:, None].expand(1, WINDOW, -1), *model.zero_state(1))
+    return actions[0].float().cpu().numpy()
+
+
 def action_effect(torch, scenes: dict) -> list:
     """Per filter: the demo policy on PIL's input vs the CPU torch kernel's and in-graph input."""
     from mobile_vla_node.core.image_pipeline import ImageChoice
@@ -238,19 +250,14 @@ def action_effect(torch, scenes: dict) -> list:
         loaded = load_policy(ModelSource("tiny", image=ImageChoice(
             "custom", resize_filter, 0, CLIP_MEAN, CLIP_STD)))
         model, tok = loaded.model, loaded.tokenizer
-        window = 8
         candidates = {"in-graph (camera frame into encode_frame)": None}
         if resize_filter in ("bicubic", "bilinear"):
             candidates["cpu torch uint8 kernel"] = CpuResize(SIZE, resize_filter, engine="torch")
         with torch.inference_mode():
             ids = torch.from_numpy(tok.encode("go to the red box"))[None]
 
-            def act(image, model=model, ids=ids, window=window):
-                feature = model.encode_frame(torch.from_numpy(np.array(image))[None],
-                                             ids)
-                actions, _, _ = model.decode(feature[:, None].expand(1, window, -1),
-                                             *model.zero_state(1))
-                return actions[0].numpy()
+            def act(image, model=model, ids=ids):
+                return window_actions(torch, model, ids, image)
 
             ref = {k: act(pil(rgb, resize_filter)) for k, rgb in scenes.items()}
             for name, fn in candidates.items():
@@ -471,15 +478,11 @@ def device_actions(torch, device, scenes: dict) -> list:
     for resize_filter in DEVICE_RESIZE_ACTION_FILTERS:
         loaded = load_policy(ModelSource("tiny", image=ImageChoice(
             "custom", resize_filter, 0, CLIP_MEAN, CLIP_STD)))
-        model, window = loaded.model, 8
+        model = loaded.model
         ids = torch.from_numpy(loaded.tokenizer.encode("go to the red box"))[None]
 
-        def act(image, on, model=model, ids=ids, window=window):
-            feature = model.encode_frame(torch.from_numpy(np.array(image)).to(on)[None],
-                                         ids.to(on))
-            actions, _, _ = model.decode(feature[:, None].expand(1, window, -1),
-                                         *model.zero_state(1))
-            return actions[0].float().cpu().numpy()
+        def act(image, on, model=model, ids=ids):
+            return window_actions(torch, model, ids, image, on)
 
         with torch.inference_mode():
             inputs = {k: pil(rgb, resize_filter) for k, rgb in scenes.items()}
